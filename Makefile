@@ -1,0 +1,49 @@
+# MAIL_API — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_CONFIG := etc/dev/mail-api.toml
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test test-unit lint typecheck imports check bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the project and its test tools (pinned)
+
+run: $(STAMP) ## migrate ./var and run receiver + worker on the development config
+	scripts/run-dev.sh $(DEV_CONFIG)
+
+test: $(STAMP) ## install and run the whole test suite
+	$(BIN)/python -m pytest tests
+
+test-unit: $(STAMP) ## only the fast unit tests
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check mailapi receiver worker migrations tests bench
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+imports: $(STAMP) ## the process packages never import each other
+	$(BIN)/lint-imports
+
+check: lint typecheck imports ## lint, types and import contracts
+
+bench: $(STAMP) ## benchmarks side by side with their baselines (installs postfix for smtp-sink)
+	scripts/ensure-apt.sh postfix
+	$(BIN)/python -m bench
+
+clean: ## remove the virtualenv and local state
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

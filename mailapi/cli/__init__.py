@@ -1,0 +1,1 @@
+"""The admin command line: `mailapi --config PATH <group> <command>`."""

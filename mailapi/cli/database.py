@@ -1,0 +1,57 @@
+"""`mailapi db upgrade|check`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mailapi.config import Config
+from mailapi.db import integrity_check, open_engine
+from mailapi.schema import current_revision, head_revision, upgrade
+
+
+def register(groups: Any) -> None:
+    parser = groups.add_parser("db", help="create, migrate and check the database")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("upgrade", help="create the database if needed and migrate to head"
+                        ).set_defaults(handler=upgrade_command)
+    commands.add_parser("check", help="check integrity and that the schema is at head"
+                        ).set_defaults(handler=check_command)
+
+
+def upgrade_command(config: Config, arguments: argparse.Namespace) -> int:
+    path = config.database.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(path, durability="FULL", busy_timeout_ms=config.database.busy_timeout_ms,
+                         create=True, pool_size=1)
+    before = current_revision(engine)
+    problems = integrity_check(engine)
+    if problems != ["ok"]:
+        print(f"database {path} failed its integrity check: {'; '.join(problems[:5])}")
+        return 1
+    after = upgrade(engine)
+    engine.dispose()
+    if before == after:
+        print(f"database {path} already at revision {after}")
+    else:
+        print(f"database {path} migrated from {before or 'empty'} to {after}")
+    return 0
+
+
+def check_command(config: Config, arguments: argparse.Namespace) -> int:
+    path = config.database.path
+    engine = open_engine(path, durability="NORMAL",
+                         busy_timeout_ms=config.database.busy_timeout_ms, pool_size=1)
+    problems = integrity_check(engine)
+    revision = current_revision(engine)
+    head = head_revision()
+    with engine.connect() as connection:
+        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+    engine.dispose()
+    ok = problems == ["ok"] and revision == head and mode == "wal"
+    print(f"database:  {path}")
+    print(f"integrity: {'ok' if problems == ['ok'] else '; '.join(problems[:5])}")
+    print(f"schema:    {revision or 'none'} (head {head})")
+    print(f"journal:   {mode}")
+    print("status:    " + ("ok" if ok else "NOT OK"))
+    return 0 if ok else 1

@@ -1,0 +1,36 @@
+"""Argument parsing and dispatch for the `mailapi` admin command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mailapi.cli import database, queue, settings, webhook
+from mailapi.config import ConfigError, load_config
+from mailapi.db import StorageError
+from mailapi.schema import SchemaNotCurrent
+from mailapi.settings import SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailapi", description="MAIL_API administration")
+    parser.add_argument("--config", required=True, help="path of the bootstrap TOML file")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
+    database.register(groups)
+    settings.register(groups)
+    queue.register(groups)
+    webhook.register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        config = load_config(arguments.config)
+        code = arguments.handler(config, arguments)
+    except (ConfigError, StorageError, SchemaNotCurrent, SettingsError) as exc:
+        print(f"mailapi: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code)

@@ -1,0 +1,186 @@
+"""The bootstrap configuration: a TOML file named by --config, read once at start."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RECEIVER_PORT = 2555
+PANEL_PORT = 2580
+DELIVERY_LOG_MAX_BYTES = 5 * 1024 * 1024
+DELIVERY_BACKENDS = ("smtp", "file")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The bootstrap file is missing, unreadable or holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: Path
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    host: str = "0.0.0.0"  # noqa: S104 - the spec binds the receiver on all addresses
+    port: int = RECEIVER_PORT
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    host: str = "127.0.0.1"
+    port: int = PANEL_PORT
+    allow_public_bind: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    delivery_backend: str = "smtp"
+    outbox_dir: Path | None = None
+    sessions: int = 4
+    batch_size: int = 64
+    lease_seconds: int = 300
+    poll_interval_ms: int = 10
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"
+    delivery_log: Path | None = None
+    delivery_log_max_bytes: int = DELIVERY_LOG_MAX_BYTES
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Bootstrap-level SMTP options (the rest are runtime settings in the database)."""
+
+    # A PEM bundle of extra CAs to trust for the upstream (a private CA), on top of the
+    # system's roots.
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    database: DatabaseConfig
+    receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the bootstrap file; relative paths resolve against its folder."""
+    config_path = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {config_path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {config_path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: invalid TOML: {exc}") from exc
+    return parse_config(raw, config_path)
+
+
+def parse_config(raw: dict[str, Any], config_path: Path) -> Config:
+    known = {"database", "receiver", "panel", "worker", "logging", "smtp"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown section(s): {', '.join(sorted(unknown))}")
+    base = config_path.parent
+    database_raw = _section(raw, "database", config_path)
+    if "path" not in database_raw:
+        raise ConfigError(f"{config_path}: [database] path is required")
+    database = _build(DatabaseConfig, database_raw, "database", config_path, base)
+    receiver = _build(ReceiverConfig, _section(raw, "receiver", config_path), "receiver",
+                      config_path, base)
+    panel = _build(PanelConfig, _section(raw, "panel", config_path), "panel", config_path, base)
+    worker = _build(WorkerConfig, _section(raw, "worker", config_path), "worker", config_path,
+                    base)
+    logging = _build(LoggingConfig, _section(raw, "logging", config_path), "logging",
+                     config_path, base)
+    smtp = _build(SmtpConfig, _section(raw, "smtp", config_path), "smtp", config_path, base)
+    config = Config(config_path, database, receiver, panel, worker, logging, smtp)
+    _validate(config)
+    return config
+
+
+def _section(raw: dict[str, Any], name: str, config_path: Path) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{config_path}: [{name}] must be a table")
+    return value
+
+
+def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, base: Path) -> Any:
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = set(values) - set(types)
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))}"
+        )
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        expected = str(types[key])
+        where = f"{config_path}: [{section}] {key}"
+        if "Path" in expected:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where} must be a non-empty path string")
+            converted[key] = (base / Path(value).expanduser()).resolve()
+        elif expected == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false")
+            converted[key] = value
+        elif expected == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where} must be an integer")
+            converted[key] = value
+        elif expected == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where} must be a string")
+            converted[key] = value
+        else:  # pragma: no cover - a new field type without a converter
+            raise ConfigError(f"{where}: unsupported type {expected}")
+    return cls(**converted)
+
+
+def _validate(config: Config) -> None:
+    where = str(config.path)
+    for section, port in (("receiver", config.receiver.port), ("panel", config.panel.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{where}: [{section}] port must be between 0 and 65535")
+    if config.panel.host not in ("127.0.0.1", "::1", "localhost") and (
+        not config.panel.allow_public_bind
+    ):
+        raise ConfigError(
+            f"{where}: [panel] host {config.panel.host!r} is not loopback; "
+            "set [panel] allow_public_bind = true to bind it publicly"
+        )
+    worker = config.worker
+    if worker.delivery_backend not in DELIVERY_BACKENDS:
+        raise ConfigError(f"{where}: [worker] delivery_backend must be one of "
+                          f"{', '.join(DELIVERY_BACKENDS)}")
+    if worker.delivery_backend == "file" and worker.outbox_dir is None:
+        raise ConfigError(f"{where}: [worker] outbox_dir is required with the file backend")
+    for name in ("sessions", "batch_size", "lease_seconds", "poll_interval_ms"):
+        if getattr(worker, name) < 1:
+            raise ConfigError(f"{where}: [worker] {name} must be at least 1")
+    if config.logging.level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: [logging] level must be one of {', '.join(LOG_LEVELS)}")
+    if config.logging.format not in LOG_FORMATS:
+        raise ConfigError(f"{where}: [logging] format must be one of {', '.join(LOG_FORMATS)}")
+    if config.logging.delivery_log_max_bytes < 64 * 1024:
+        raise ConfigError(f"{where}: [logging] delivery_log_max_bytes must be at least 65536")
+    if config.receiver.max_body_bytes < 1024:
+        raise ConfigError(f"{where}: [receiver] max_body_bytes must be at least 1024")
+    if config.database.busy_timeout_ms < 0:
+        raise ConfigError(f"{where}: [database] busy_timeout_ms must not be negative")

@@ -1,0 +1,97 @@
+"""Running an ASGI app under hypercorn with signals, readiness and the systemd watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from mailapi.logging import get_logger
+from mailapi.systemd import Notifier
+
+log = get_logger("mailapi.serving")
+
+
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.backlog = 1024
+    config.accesslog = None
+    config.errorlog = None
+    config.include_server_header = False
+    config.keep_alive_timeout = 30
+    config.read_timeout = 30  # slow clients (slowloris) are cut off
+    config.graceful_timeout = 10
+    config.h11_max_incomplete_size = 16 * 1024
+    config.alpn_protocols = ["http/1.1"]
+    return config
+
+
+async def probe_http(host: str, port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
+    """True once a GET on our own port gets an HTTP answer: the server is really serving."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                     .encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"HTTP/1.1 ")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+async def run_http_service(
+    app: Any,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    notifier: Notifier,
+    status: Callable[[], str],
+    on_reload: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; READY=1 only after our own port answered a request."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if on_reload is not None:
+        reload_callback = on_reload
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(
+            reload_callback, notifier)))
+    server = asyncio.create_task(serve(app, hypercorn_config(host, port),
+                                       shutdown_trigger=stop.wait))
+    while not server.done():
+        if await probe_http(host, port):
+            break
+        await asyncio.sleep(0.05)
+    if server.done():
+        server.result()  # re-raise the bind error
+        return
+    notifier.ready(status())
+    log.info("serving", service=name, host=host, port=port)
+    while not stop.is_set():
+        notifier.watchdog()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            notifier.status(status())
+    notifier.stopping()
+    log.info("stopping", service=name)
+    await server
+
+
+async def _reload(callback: Callable[[], Awaitable[None]], notifier: Notifier) -> None:
+    notifier.reloading()
+    await callback()
+    notifier.ready()

@@ -1,0 +1,1 @@
+"""The webhook receiver: signed HTTP in, durable queue row out."""

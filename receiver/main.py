@@ -1,0 +1,76 @@
+"""mailapi-receiver --config PATH: serve the webhook on port 2555."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from mailapi.bootstrap import start_daemon
+from mailapi.db import StorageError
+from mailapi.heartbeat import beat
+from mailapi.intake import RendererCache
+from mailapi.logging import get_logger, set_level
+from mailapi.ratelimit import RateLimiter
+from mailapi.serving import run_http_service
+from mailapi.settings import SettingsCache
+from mailapi.systemd import Notifier
+from receiver.app import build_app
+from receiver.groupcommit import GroupCommitter
+from receiver.state import ReceiverState
+
+log = get_logger("receiver")
+HEARTBEAT_SECONDS = 5.0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    startup = start_daemon("receiver", argv, durability="FULL",
+                           description="MAIL_API webhook receiver")
+    config = startup.config
+    engine = startup.engine
+    state = ReceiverState(
+        engine=engine,
+        settings=SettingsCache(engine),
+        renderers=RendererCache(),
+        committer=GroupCommitter(engine, time.time),
+        rate_limiter=RateLimiter(time.monotonic),
+        clock=time.time,
+        max_body_bytes=config.receiver.max_body_bytes,
+    )
+    asyncio.run(_serve(state, config.receiver.host, config.receiver.port))
+
+
+async def _serve(state: ReceiverState, host: str, port: int) -> None:
+    started_at = time.time()
+    heartbeat = asyncio.create_task(_heartbeat(state, started_at))
+
+    def status() -> str:
+        return f"accepted {state.committer.rows} messages in {state.committer.batches} commits"
+
+    async def reload() -> None:
+        state.settings.invalidate()
+        log.info("settings reloaded")
+
+    try:
+        await run_http_service(build_app(state), name="receiver", host=host, port=port,
+                               notifier=Notifier(), status=status, on_reload=reload)
+    finally:
+        heartbeat.cancel()
+    state.engine.dispose()
+    log.info("stopped")
+
+
+async def _heartbeat(state: ReceiverState, started_at: float) -> None:
+    level = ""
+    while True:
+        try:
+            settings = await asyncio.to_thread(state.settings.get)
+            if settings.log_level != level:
+                level = settings.log_level
+                set_level(level)
+            await asyncio.to_thread(beat, state.engine, process="receiver",
+                                    started_at=started_at, now=time.time(),
+                                    status=f"accepted {state.committer.rows}")
+        except StorageError as exc:
+            log.warning("heartbeat not written", error=str(exc))
+        await asyncio.sleep(HEARTBEAT_SECONDS)

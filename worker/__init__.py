@@ -1,0 +1,1 @@
+"""The delivery worker: claims queued messages, submits them upstream, records the outcome."""

@@ -1,0 +1,289 @@
+"""The worker loop: claim a batch, deliver it over a few sessions, record, wait when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from mailapi import queue as outbound
+from mailapi.db import StorageError, read_transaction, write_transaction
+from mailapi.delivery.backoff import pause_length
+from mailapi.delivery.outcome import DeliveryFailure
+from mailapi.delivery.smtp import SmtpParameters
+from mailapi.deliverylog import DeliveryLog
+from mailapi.logging import get_logger
+from mailapi.pause import PauseState, clear_pause, read_pause, set_pause
+from mailapi.queue import ClaimedMessage
+from mailapi.settings import Settings, SettingsCache
+from worker.outcomes import Attempt, Result, RowChange, attempt_from_failure, plan, store, write_log
+from worker.transport import FileTransport, SmtpTransport, Transport
+
+log = get_logger("worker")
+HOUSEKEEPING_SECONDS = 1.0
+PRUNE_SECONDS = 3600.0
+KEEP_EVENTS_SECONDS = 14 * 86_400.0
+MAX_IDLE_WAIT = 1.0
+
+
+@dataclass
+class WorkerOptions:
+    sessions: int = 4
+    batch_size: int = 64
+    lease_seconds: float = 300.0
+    file_outbox: Path | None = None  # selects the development file backend
+    ca_file: Path | None = None
+
+
+@dataclass
+class WorkerStats:
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    last_delivery_at: float | None = None
+    paused_reason: str | None = None
+    storage_errors: int = 0
+    recent: list[str] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: SettingsCache, options: WorkerOptions, *,
+                 delivery_log: DeliveryLog | None = None,
+                 clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.options = options
+        self.delivery_log = delivery_log
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.stats = WorkerStats()
+        self.stopping = asyncio.Event()
+        self._transport: Transport | None = None
+        self._transport_key: str | None = None
+        self._housekept_at = float("-inf")
+        self._pruned_at = float("-inf")
+        self._pause_logged: str | None = None
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Housekeeping, then one claimed batch delivered and recorded. Returns its size."""
+        settings = self.settings.get()
+        now = self.clock()
+        await self._housekeeping(settings, now)
+        if await self._paused(settings, now):
+            return 0
+        batch = await asyncio.to_thread(
+            outbound.claim_batch, self.engine, now=now, limit=self._batch_limit(),
+            lease_seconds=self._lease_seconds(settings),
+            max_age_seconds=settings.message_max_age_seconds)
+        if not batch:
+            return 0
+        attempts = await self._deliver(batch, settings)
+        await self._record(attempts, settings)
+        return len(batch)
+
+    def _batch_limit(self) -> int:
+        # Half-open circuit: after a pause, probe with a single message first.
+        return 1 if self.stats.paused_reason else self.options.batch_size
+
+    def _lease_seconds(self, settings: Settings) -> float:
+        # Long enough for connect, TLS, AUTH, MAIL, RCPT and DATA each to use the timeout.
+        per_message = 7 * settings.smtp_timeout
+        return max(self.options.lease_seconds, per_message * 2)
+
+    async def _housekeeping(self, settings: Settings, now: float) -> None:
+        if abs(now - self._housekept_at) < HOUSEKEEPING_SECONDS:
+            return
+        self._housekept_at = now
+        prune = abs(now - self._pruned_at) >= PRUNE_SECONDS
+        if prune:
+            self._pruned_at = now
+
+        def work() -> tuple[int, int]:
+            with write_transaction(self.engine) as connection:
+                released = outbound.release_expired_leases(
+                    connection, now=now, max_reclaims=settings.max_lease_reclaims)
+                expired = outbound.expire_overdue(
+                    connection, now=now, max_age_seconds=settings.message_max_age_seconds)
+                if prune:
+                    outbound.prune(connection, now=now, keep_events_seconds=KEEP_EVENTS_SECONDS)
+            return released, expired
+
+        released, expired = await asyncio.to_thread(work)
+        if released:
+            log.warning("reclaimed expired leases", count=released)
+        if expired:
+            log.warning("failed expired messages", count=expired)
+
+    async def _paused(self, settings: Settings, now: float) -> bool:
+        if self.options.file_outbox is None and not settings.smtp_host:
+            self._log_pause_once("smtp_host is not configured; messages wait in the queue")
+            return True
+
+        def read() -> PauseState:
+            with read_transaction(self.engine) as connection:
+                return read_pause(connection)
+
+        pause = await asyncio.to_thread(read)
+        if pause.active(now, settings.smtp_fingerprint()):
+            self._log_pause_once(f"queue paused: {pause.reason}")
+            return True
+        self._pause_logged = None
+        return False
+
+    def _log_pause_once(self, reason: str) -> None:
+        if self._pause_logged != reason:
+            self._pause_logged = reason
+            log.error("delivery paused", reason=reason)
+
+    # -- delivery -------------------------------------------------------------------------
+
+    async def _transport_for(self, settings: Settings) -> Transport:
+        outbox = self.options.file_outbox
+        key = "file" if outbox is not None else settings.smtp_fingerprint()
+        if self._transport is None or key != self._transport_key:
+            if self._transport is not None:
+                await self._transport.close()  # settings changed: new sessions
+            if outbox is not None:
+                self._transport = FileTransport(outbox)
+            else:
+                self._transport = SmtpTransport(
+                    SmtpParameters.from_settings(settings, ca_file=self.options.ca_file),
+                    self.options.sessions)
+            self._transport_key = key
+        return self._transport
+
+    async def _deliver(self, batch: list[ClaimedMessage], settings: Settings) -> list[Attempt]:
+        transport = await self._transport_for(settings)
+        pending: asyncio.Queue[ClaimedMessage] = asyncio.Queue()
+        for message in batch:
+            pending.put_nowait(message)
+        attempts: list[Attempt] = []
+        pause = asyncio.Event()
+
+        async def session(slot: int) -> None:
+            while not pending.empty():
+                message = pending.get_nowait()
+                if self.stopping.is_set() or pause.is_set():
+                    attempts.append(Attempt(message, Result.UNTRIED))
+                    continue
+                if self.clock() >= message.expires_at:
+                    attempts.append(Attempt(message, Result.EXPIRED))
+                    continue
+                try:
+                    reply = await transport.send(slot, message)
+                except DeliveryFailure as failure:
+                    attempt = attempt_from_failure(message, failure)
+                    if attempt.result is Result.PAUSE:
+                        pause.set()
+                    attempts.append(attempt)
+                else:
+                    attempts.append(Attempt(message, Result.DELIVERED, reply=reply))
+
+        slots = min(self.options.sessions, len(batch))
+        tasks = [asyncio.create_task(session(slot)) for slot in range(slots)]
+        try:
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            done = {attempt.message.queue_id for attempt in attempts}
+            attempts.extend(Attempt(m, Result.UNTRIED) for m in batch
+                            if m.queue_id not in done)
+            await self._record(attempts, settings)
+            raise
+        return attempts
+
+    async def _record(self, attempts: list[Attempt], settings: Settings) -> None:
+        now = self.clock()
+        changes = [plan(attempt, settings, now, self.rng) for attempt in attempts]
+        delay = 0.05
+        while True:
+            try:
+                lost = await asyncio.to_thread(store, self.engine, changes, now)
+                break
+            except StorageError as exc:
+                # Hold on to the outcomes: forgetting a 250 would mean sending it again.
+                self.stats.storage_errors += 1
+                log.warning("cannot record outcomes yet", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if lost:
+            log.warning("leases lost before recording; another worker owns them", count=lost)
+        await asyncio.to_thread(write_log, self.delivery_log, changes, now)
+        await self._update_breaker(changes, settings, now)
+        self._count(changes, now)
+
+    async def _update_breaker(self, changes: list[RowChange], settings: Settings,
+                              now: float) -> None:
+        paused = [c for c in changes if c.attempt.result is Result.PAUSE]
+        delivered = any(c.attempt.result is Result.DELIVERED for c in changes)
+
+        def work() -> str | None:
+            with write_transaction(self.engine) as connection:
+                state = read_pause(connection)
+                if paused:
+                    failures = state.failures + 1
+                    length = pause_length(failures, base_seconds=settings.queue_pause_seconds)
+                    reason = paused[0].detail
+                    set_pause(connection, until=now + length, reason=reason, failures=failures,
+                              fingerprint=settings.smtp_fingerprint(), now=now)
+                    return reason
+                if delivered and state.failures:
+                    clear_pause(connection, now=now)
+            return None
+
+        if paused or (delivered and self.stats.paused_reason):
+            reason = await asyncio.to_thread(work)
+            if reason is not None:
+                log.error("queue paused after an authentication, TLS or configuration failure",
+                          reason=reason)
+            elif self.stats.paused_reason:
+                log.info("queue resumed: delivery works again")
+            self.stats.paused_reason = reason
+
+    def _count(self, changes: list[RowChange], now: float) -> None:
+        for change in changes:
+            message = change.attempt.message
+            if change.change == "delete":
+                self.stats.delivered += 1
+                self.stats.last_delivery_at = now
+                log.info("delivered", queue_id=message.queue_id, reply=change.detail)
+            elif change.change == "defer":
+                self.stats.deferred += 1
+                log.info("deferred", queue_id=message.queue_id, error=change.detail,
+                         next_attempt_at=round(change.next_attempt_at, 3))
+            elif change.change == "fail":
+                self.stats.failed += 1
+                log.warning("failed", queue_id=message.queue_id, reason=change.reason,
+                            error=change.detail)
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    async def idle_wait_seconds(self) -> float:
+        """Until the next retry is due, but never long and never negative (clock steps)."""
+        def read() -> float | None:
+            with read_transaction(self.engine) as connection:
+                return outbound.next_due_at(connection)
+
+        due = await asyncio.to_thread(read)
+        if due is None:
+            return MAX_IDLE_WAIT
+        return min(MAX_IDLE_WAIT, max(0.0, due - self.clock()))
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+
+    async def close_idle_connections(self) -> None:
+        if self._transport is not None:
+            await self._transport.close_idle()
