@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +31,16 @@ def fatal(process: str, message: str) -> NoReturn:
     raise SystemExit(EXIT_CONFIG)
 
 
+def _stop_during_startup(signum: int, frame: object) -> None:
+    # Nothing is claimed or accepted yet: a stop request now is a clean exit. The serving
+    # loops install their own handlers once they run.
+    raise SystemExit(0)
+
+
 def start_daemon(process: str, argv: Sequence[str] | None, *, durability: Durability,
                  description: str, extra: Sequence[tuple[str, dict[str, object]]] = ()
                  ) -> Startup:
+    signal.signal(signal.SIGTERM, _stop_during_startup)
     parser = argparse.ArgumentParser(prog=f"mailapi-{process}", description=description)
     parser.add_argument("--config", required=True, help="path of the bootstrap TOML file")
     for flag, options in extra:

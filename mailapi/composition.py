@@ -6,10 +6,10 @@ import email
 import email.policy
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import UTC, datetime
 
 from mailapi.headersafety import unsafe_character
 from mailapi.rendering import RenderedMessage

@@ -105,8 +105,8 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A deferred (read) transaction: a consistent snapshot without the write lock."""
-    with translate_errors(), engine.connect() as connection:
-        connection = connection.execution_options(mailapi_read_only=True)
+    with translate_errors(), engine.connect() as plain:
+        connection = plain.execution_options(mailapi_read_only=True)
         with connection.begin():
             yield connection
 

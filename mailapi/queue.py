@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, func, or_, select, update
 
 from mailapi.db import write_transaction
 from mailapi.models import counters, delivery_events, idempotency_keys, outbound_queue
@@ -144,20 +145,20 @@ def claim_batch(engine: Engine, *, now: float, limit: int, lease_seconds: float,
     return claimed
 
 
-def _leased(queue_id: int, lease_token: int) -> list[object]:
-    return [q.c.id == queue_id, q.c.state == LEASED, q.c.lease_token == lease_token]
+def _leased(queue_id: int, lease_token: int) -> ColumnElement[bool]:
+    return and_(q.c.id == queue_id, q.c.state == LEASED, q.c.lease_token == lease_token)
 
 
 def mark_delivered(connection: Connection, queue_id: int, lease_token: int) -> bool:
     """Delete the row; False if the lease was lost (a stale worker changes nothing)."""
-    result = connection.execute(delete(q).where(*_leased(queue_id, lease_token)))
+    result = connection.execute(delete(q).where(_leased(queue_id, lease_token)))
     return result.rowcount == 1
 
 
 def defer(connection: Connection, queue_id: int, lease_token: int, *, next_attempt_at: float,
           error: str, now: float) -> bool:
     result = connection.execute(
-        update(q).where(*_leased(queue_id, lease_token))
+        update(q).where(_leased(queue_id, lease_token))
         .values(state=QUEUED, next_attempt_at=next_attempt_at, last_error=error[:2000],
                 lease_token=None, lease_expires_at=None, updated_at=now)
     )
@@ -167,7 +168,7 @@ def defer(connection: Connection, queue_id: int, lease_token: int, *, next_attem
 def fail(connection: Connection, queue_id: int, lease_token: int, *, reason: str, error: str,
          now: float) -> bool:
     result = connection.execute(
-        update(q).where(*_leased(queue_id, lease_token))
+        update(q).where(_leased(queue_id, lease_token))
         .values(state=FAILED, failed_reason=reason, last_error=error[:2000], lease_token=None,
                 lease_expires_at=None, updated_at=now)
     )
@@ -183,7 +184,7 @@ def release(connection: Connection, queue_id: int, lease_token: int, *, now: flo
     }
     if error is not None:
         values["last_error"] = error[:2000]
-    result = connection.execute(update(q).where(*_leased(queue_id, lease_token)).values(values))
+    result = connection.execute(update(q).where(_leased(queue_id, lease_token)).values(values))
     return result.rowcount == 1
 
 
@@ -268,9 +269,14 @@ _ROW_COLUMNS = (q.c.id, q.c.state, q.c.message_type, q.c.recipient, q.c.subject,
                 q.c.reclaims, q.c.last_error, q.c.failed_reason)
 
 
+def _queue_row(row: Any) -> QueueRow:
+    values = tuple(row)
+    return QueueRow(*values)
+
+
 def get_message(connection: Connection, queue_id: int) -> QueueRow | None:
     row = connection.execute(select(*_ROW_COLUMNS).where(q.c.id == queue_id)).first()
-    return QueueRow(*row) if row is not None else None
+    return _queue_row(row) if row is not None else None
 
 
 def list_messages(connection: Connection, *, state: str | None = None, limit: int = 50,
@@ -279,4 +285,4 @@ def list_messages(connection: Connection, *, state: str | None = None, limit: in
     if state is not None:
         query = query.where(q.c.state == state)
     rows = connection.execute(query.order_by(q.c.id).limit(limit).offset(offset))
-    return [QueueRow(*row) for row in rows]
+    return [_queue_row(row) for row in rows]

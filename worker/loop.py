@@ -61,7 +61,7 @@ class Worker:
         self.options = options
         self.delivery_log = delivery_log
         self.clock = clock
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.rng = rng or random.Random()  # jitter, not security
         self.stats = WorkerStats()
         self.stopping = asyncio.Event()
         self._transport: Transport | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -42,10 +43,8 @@ class DatabaseWatcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(self._poll_seconds, remaining))
-            except TimeoutError:
-                pass
 
     def close(self) -> None:
         self._connection.close()

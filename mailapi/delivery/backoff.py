@@ -15,7 +15,7 @@ def retry_delay(attempt: int, *, base_seconds: float, max_seconds: float,
     """
     exponent = min(max(attempt, 1) - 1, 32)
     nominal = min(max_seconds, base_seconds * (2 ** exponent))
-    return nominal / 2 + rng.uniform(0, nominal / 2)
+    return float(nominal / 2 + rng.uniform(0, nominal / 2))
 
 
 def pause_length(failures: int, *, base_seconds: float, max_seconds: float = 3600) -> float:

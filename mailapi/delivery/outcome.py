@@ -58,7 +58,7 @@ def classify(failure: DeliveryFailure) -> Action:
     if failure.stage is Stage.AUTH and failure.kind is Kind.RESPONSE:
         return Action.PAUSE if failure.code is None or failure.code >= 500 else Action.RETRY
     if failure.kind is Kind.RESPONSE and failure.code is not None:
-        if failure.code == 530 or failure.code == 538:
+        if failure.code in (530, 538):
             return Action.PAUSE  # authentication / encryption required: our configuration
         if 500 <= failure.code < 600 and failure.stage in (Stage.MAIL, Stage.RCPT, Stage.DATA):
             return Action.FAIL

@@ -279,10 +279,11 @@ def parse_value(key: str, text: str) -> Any:
     return validate_value(key, value)
 
 
-def validate_value(key: str, value: Any) -> Any:
+def validate_value(key: str, raw: object) -> Any:
     """Check a typed value against the key's type and rules; returns it normalised."""
     definition = _field(key)
     kind = str(definition.type)
+    value: Any = raw
     expected: dict[str, tuple[type, ...]] = {
         "bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
         "list[str]": (list,),
@@ -291,9 +292,10 @@ def validate_value(key: str, value: Any) -> Any:
                                                  and isinstance(value, bool)):
         raise SettingsError(f"{key}: expected {kind}, got {type(value).__name__}")
     if kind == "list[str]":
-        if not all(isinstance(item, str) for item in value):
+        items: list[Any] = list(raw) if isinstance(raw, list) else []
+        if not all(isinstance(item, str) for item in items):
             raise SettingsError(f"{key}: every item must be a string")
-        value = [item.strip() for item in value if item.strip()]
+        value = [item.strip() for item in items if item.strip()]
     if kind == "float":
         value = float(value)
     if kind == "str" and key in ("allowed_sender_domain",):
