@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,12 +65,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
 def parse_json_object(raw_body: bytes) -> dict[str, Any]:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, an object at the top."""
     try:
         text = raw_body.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_reject_duplicates,
-                           parse_constant=_reject_constant)
+                           parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise PayloadError(400, "invalid json") from None
     if not isinstance(value, dict):

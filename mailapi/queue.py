@@ -192,7 +192,7 @@ def release_expired_leases(connection: Connection, *, now: float, max_reclaims: 
     """Requeue messages whose worker died; past `max_reclaims` they are failed as poison."""
     expired = and_(q.c.state == LEASED, q.c.lease_expires_at < now)
     poisoned = connection.execute(
-        update(q).where(expired, q.c.reclaims + 1 >= max_reclaims)
+        update(q).where(expired, q.c.reclaims >= max_reclaims)
         .values(state=FAILED, failed_reason="poison", reclaims=q.c.reclaims + 1,
                 last_error="lease expired repeatedly: the worker died while delivering it",
                 lease_token=None, lease_expires_at=None, updated_at=now)

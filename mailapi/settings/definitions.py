@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailapi.headersafety import unsafe_character
 from mailapi.rendering.defaults import DEFAULT_TEMPLATES
 
 SMTP_SECURITY_MODES = ("plain", "starttls", "ssl")
@@ -84,8 +85,9 @@ def _check_url(value: str) -> None:
 
 
 def _check_display_name(value: str) -> None:
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch in "\u2028\u2029" for ch in value):
-        raise SettingsError("must not contain control characters or line breaks")
+    problem = unsafe_character(value)
+    if problem:
+        raise SettingsError(f"must not contain {problem}")
     if len(value) > 128:
         raise SettingsError("must be at most 128 characters")
 

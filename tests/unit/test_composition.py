@@ -1,6 +1,7 @@
 """mailapi.composition: the RFC 5322 bytes, verified by parsing them back."""
 
 import email
+import email.message
 import email.policy
 import re
 from datetime import UTC, datetime, timedelta, timezone

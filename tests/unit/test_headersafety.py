@@ -113,8 +113,6 @@ def test_harmless_encoded_words_pass(text: str) -> None:
 # Python's own decoders (email.header.decode_header and the policy.default parser) turn
 # each of these into CR LF, but the encoded-word pattern in headersafety does not match
 # them, so unsafe_character() reports nothing.
-@pytest.mark.xfail(reason="BUG: encoded words Python still decodes to CR LF evade the check",
-                   strict=True)
 @pytest.mark.parametrize(
     "word",
     [

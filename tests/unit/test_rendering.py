@@ -134,12 +134,12 @@ def test_sandbox_refuses_internals(source: str) -> None:
 
 
 def test_sandbox_error_is_jinja_security_error() -> None:
-    import jinja2.sandbox
+    import jinja2.exceptions
 
     renderer = _renderer(email_verification_text="{{ ''.__class__ }}")
     with pytest.raises(TemplateError) as caught:
         renderer.render("email_verification", _context())
-    assert isinstance(caught.value.__cause__, jinja2.sandbox.SecurityError)
+    assert isinstance(caught.value.__cause__, jinja2.exceptions.SecurityError)
 
 
 @pytest.mark.parametrize("source", ["{{ 1 / 0 }}", "{{ range(10**9) | list }}"])

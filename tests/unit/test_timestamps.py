@@ -59,7 +59,7 @@ def test_naive_is_utc() -> None:
         "2026-02-21T05:35:10+99:00",
         "2026-02-21T05:35:10Z\n",
         " 2026-02-21T05:35:10Z",
-        "２０２６-02-21T05:35:10Z",  # full-width digits match \d but are not ISO 8601
+        "\uff12\uff10\uff12\uff16-02-21T05:35:10Z",  # full-width digits match \d
         "2026-02-21T05:35:10Z" + " " * 30,
     ],
 )
