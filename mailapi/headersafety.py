@@ -31,14 +31,17 @@ def unsafe_character(text: str) -> str | None:
     if "=?" not in text:
         return None
     for decoded in _decodings(text):
+        if decoded is None:
+            return "an undecodable RFC 2047 encoded word"
         found = _control(decoded)
         if found:
             return f"an RFC 2047 encoded word hiding {found}"
     return None
 
 
-def _decodings(text: str) -> list[str]:
-    results = []
+def _decodings(text: str) -> list[str | None]:
+    """The text as each of Python's decoders reads it; None where decoding fails."""
+    results: list[str | None] = []
     try:
         parts = decode_header(text)
         results.append("".join(
@@ -46,9 +49,9 @@ def _decodings(text: str) -> list[str]:
             else value
             for value, charset in parts))
     except (HeaderParseError, ValueError, LookupError):
-        results.append("\r")  # undecodable (unknown charset, bad bytes): treat as hostile
+        results.append(None)  # unknown charset or bad bytes: treat as hostile
     try:
         results.append(str(email.policy.default.header_factory("subject", text)))
     except (HeaderParseError, ValueError, LookupError, IndexError):
-        results.append("\r")
+        results.append(None)
     return results
