@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import email.policy
+import re
 from email.errors import HeaderParseError
 from email.header import decode_header
 
-_LINE_SEPARATORS = {"\u2028", "\u2029", "\u0085"}
+# C0 controls, DEL, C1 controls (U+0085 NEL among them), and the Unicode line and paragraph
+# separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _control(text: str) -> str | None:
-    for char in text:
-        code = ord(char)
-        if code < 0x20 or code == 0x7F or 0x80 <= code <= 0x9F or char in _LINE_SEPARATORS:
-            return f"U+{code:04X}"
-    return None
+    match = _CONTROL.search(text)
+    return f"U+{ord(match.group()):04X}" if match else None
 
 
 def unsafe_character(text: str) -> str | None:
