@@ -137,8 +137,12 @@ def classify_error(exc: sa_exc.DBAPIError) -> Exception:
 
 
 def integrity_check(engine: Engine) -> list[str]:
-    """`PRAGMA quick_check` results; ['ok'] for a sound file."""
-    with translate_errors(), engine.connect() as connection:
+    """`PRAGMA quick_check` results; ['ok'] for a sound file.
+
+    A read transaction: on a large file the check takes a while, and holding the write lock
+    for it would stall the other processes' writers.
+    """
+    with read_transaction(engine) as connection:
         rows = connection.exec_driver_sql("PRAGMA quick_check").fetchall()
     return [str(row[0]) for row in rows]
 
