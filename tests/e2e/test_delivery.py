@@ -98,7 +98,7 @@ def test_worker_killed_mid_delivery_loses_nothing(suite: Suite, smtp_server: Smt
 def test_sigterm_exits_zero_quickly(suite: Suite) -> None:
     receiver = suite.start_receiver()
     worker = suite.start("worker")
-    time.sleep(0.5)
+    wait_until(lambda: "worker ready" in worker.output(), message="worker ready")
     started = time.monotonic()
     assert worker.stop() == 0
     assert receiver.stop() == 0
