@@ -66,7 +66,7 @@ def test_idle_worker_wakes_quickly(suite: Suite, smtp_server: SmtpServer) -> Non
     smtp_server.recorder.wait_for(1, timeout=5)
     # Generous bound: the benchmark measures the real figure; this only proves the worker
     # is not sleeping seconds between polls.
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
 
 
 def test_worker_killed_mid_delivery_loses_nothing(suite: Suite, smtp_server: SmtpServer) -> None:
