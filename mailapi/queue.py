@@ -179,7 +179,7 @@ def release(connection: Connection, queue_id: int, lease_token: int, *, now: flo
             error: str | None = None) -> bool:
     """Give a leased message back untried (shutdown, paused queue): the attempt is not counted."""
     values: dict[str, object] = {
-        "state": QUEUED, "lease_token": None,
+        "state": QUEUED, "attempts": func.max(q.c.attempts - 1, 0), "lease_token": None,
         "lease_expires_at": None, "updated_at": now,
     }
     if error is not None:

@@ -69,6 +69,7 @@ class Worker:
         self._housekept_at = float("-inf")
         self._pruned_at = float("-inf")
         self._pause_logged: str | None = None
+        self._breaker_failures = 0  # as last read: a pause may outlive the process that set it
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class Worker:
                 return read_pause(connection)
 
         pause = await asyncio.to_thread(read)
+        self._breaker_failures = pause.failures
         if pause.active(now, settings.smtp_fingerprint()):
             self._log_pause_once(f"queue paused: {pause.reason}")
             return True
@@ -241,7 +243,7 @@ class Worker:
                     clear_pause(connection, now=now)
             return None
 
-        if paused or (delivered and self.stats.paused_reason):
+        if paused or (delivered and (self.stats.paused_reason or self._breaker_failures)):
             reason = await asyncio.to_thread(work)
             if reason is not None:
                 log.error("queue paused after an authentication, TLS or configuration failure",

@@ -32,16 +32,29 @@ class Action(Enum):
     PAUSE = "pause"  # retry later *and* stop the queue: every message would meet the same
 
 
-@dataclass(frozen=True)
 class DeliveryFailure(Exception):
-    stage: Stage
-    kind: Kind
-    detail: str
-    code: int | None = None
+    """One failed attempt: the stage it failed at, its kind, the reply code and text.
+
+    A plain exception class (not a frozen dataclass): exceptions get their traceback
+    assigned while they propagate.
+    """
+
+    def __init__(self, stage: Stage, kind: Kind, detail: str, code: int | None = None) -> None:
+        super().__init__(stage, kind, detail, code)
+        self.stage = stage
+        self.kind = kind
+        self.detail = detail
+        self.code = code
 
     def __str__(self) -> str:
         code = f"{self.code} " if self.code is not None else ""
         return f"{self.stage.value}: {code}{self.detail}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeliveryFailure) and self.args == other.args
+
+    def __hash__(self) -> int:
+        return hash(self.args)
 
 
 def classify(failure: DeliveryFailure) -> Action:

@@ -21,9 +21,9 @@ from tests.integration.worker_helpers import (
     pause,
     row,
     run_passes,
-    serve,
     smtp_settings,
 )
+from tests.support.ports import free_port
 from tests.support.smtpd import SmtpServer
 
 
@@ -32,7 +32,7 @@ def test_message_arrives_with_envelope_and_headers(engine: Engine, smtp_server: 
     clock = Clock()
     settings = smtp_settings(engine, smtp_server.port, sender_display_name="Example")
     queued = new_message(settings, now=clock.now, to="alice@example.com")
-    [queue_id] = enqueue(engine, [queued], clock.now)
+    enqueue(engine, [queued], clock.now)
 
     assert run_passes(make_worker(engine, tmp_path, clock)) == [1]
 
@@ -162,3 +162,36 @@ def test_not_yet_due_message_waits(engine: Engine, smtp_server: SmtpServer,
     clock.advance(61)
     assert run_passes(make_worker(engine, tmp_path, clock)) == [1]
     assert smtp_server.recorder.wait_for(1)
+
+
+def test_server_restart_between_passes_costs_no_attempt(engine: Engine,
+                                                        tmp_path: Path) -> None:
+    """The pooled connection dies with its server; the next pass reconnects, not defers."""
+    clock = Clock()
+    port = free_port()
+    first, second = SmtpServer(port), SmtpServer(port)
+    running = [first.start()]
+    settings = smtp_settings(engine, port)
+    worker = make_worker(engine, tmp_path, clock, sessions=1)
+    enqueue_some(engine, settings, clock.now)
+
+    async def drive() -> tuple[int, int]:
+        try:
+            delivered = await worker.run_once()
+            running.pop().stop()
+            running.append(second.start())
+            enqueue(engine, [new_message(settings, now=clock.now, token="after-restart")],
+                    clock.now)
+            return delivered, await worker.run_once()
+        finally:
+            await worker.close()
+
+    try:
+        assert asyncio.run(drive()) == (1, 1)
+        [received] = second.recorder.wait_for(1)
+    finally:
+        for server in running:
+            server.stop()
+    assert first.recorder.connections == 1
+    assert received.rcpt_tos == ["user@example.com"]
+    assert [event.outcome for event in events(engine)] == ["delivered", "delivered"]

@@ -96,6 +96,7 @@ def test_implicit_tls(engine: Engine, server_context: ssl.SSLContext, ca_file: P
         run_passes(make_worker(engine, tmp_path, clock, ca_file=ca_file))
         retried = queued_row(engine, queue_id)
         assert (retried.state, retried.attempts) == ("queued", 1)
+        assert "timed out" in (retried.last_error or "").lower()
         assert server.recorder.messages == []
 
         smtp_settings(engine, server.port, smtp_security="ssl")
@@ -171,11 +172,12 @@ def test_unknown_ca_over_implicit_tls_pauses(engine: Engine, server_context: ssl
     assert_paused_untouched(engine, queue_ids, clock)
 
 
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
 def test_wrong_host_name_pauses(engine: Engine, other_name_context: ssl.SSLContext,
-                                ca_file: Path, tmp_path: Path) -> None:
+                                ca_file: Path, tmp_path: Path, mode: str) -> None:
     clock = Clock()
-    with serve(mode="starttls", server_context=other_name_context) as server:
-        settings = smtp_settings(engine, server.port, smtp_security="starttls")
+    with serve(mode=mode, server_context=other_name_context) as server:
+        settings = smtp_settings(engine, server.port, smtp_security=mode)
         queue_ids = enqueue_some(engine, settings, clock.now)
 
         run_passes(make_worker(engine, tmp_path, clock, ca_file=ca_file))
@@ -185,19 +187,20 @@ def test_wrong_host_name_pauses(engine: Engine, other_name_context: ssl.SSLConte
     assert "127.0.0.1" in (pause(engine).reason or "")
 
 
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
 def test_ignore_certificates_accepts_wrong_host_name(engine: Engine,
                                                      other_name_context: ssl.SSLContext,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, mode: str) -> None:
     clock = Clock()
-    with serve(mode="starttls", server_context=other_name_context) as server:
-        settings = smtp_settings(engine, server.port, smtp_security="starttls",
+    with serve(mode=mode, server_context=other_name_context) as server:
+        settings = smtp_settings(engine, server.port, smtp_security=mode,
                                  smtp_ignore_certificates=True)
         [queue_id] = enqueue_some(engine, settings, clock.now)
 
         run_passes(make_worker(engine, tmp_path, clock))  # not even the CA is known
 
         [received] = server.recorder.wait_for(1)
-    assert received.tls is True
+    assert received.tls is (mode == "starttls")  # Received.tls only sees STARTTLS
     assert row(engine, queue_id) is None
 
 

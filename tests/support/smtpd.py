@@ -82,8 +82,10 @@ class Recorder:
         with self.lock:
             self.messages.append(Received(
                 mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
-                data=bytes(envelope.original_content or envelope.content or b""),
-                auth_user=user, tls=session.ssl is not None))
+                data=_as_bytes(envelope.original_content or envelope.content or b""),
+                auth_user=user,
+                tls=session.ssl is not None
+                or server.transport.get_extra_info("sslcontext") is not None))
         return "250 2.0.0 Message accepted"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
@@ -95,6 +97,10 @@ class Recorder:
             time.sleep(0.01)
         with self.lock:
             raise AssertionError(f"expected {count} messages, got {len(self.messages)}")
+
+
+def _as_bytes(content: bytes | str) -> bytes:
+    return content.encode("utf-8") if isinstance(content, str) else bytes(content)
 
 
 def _authenticator(users: dict[str, str]) -> Any:
