@@ -42,7 +42,7 @@ imports: $(STAMP) ## the process packages never import each other
 check: lint typecheck imports ## lint, types and import contracts
 
 bench: $(STAMP) ## benchmarks side by side with their baselines (installs postfix for smtp-sink)
-	scripts/ensure-apt.sh postfix
+	scripts/ensure-apt.sh postfix wrk
 	$(BIN)/python -m bench
 
 clean: ## remove the virtualenv and local state

@@ -15,11 +15,10 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from bench.procs import HOST, VENV_BIN, Process, free_port, run_checked
 from mailapi.db import open_engine, read_transaction
 from mailapi.models import outbound_queue
 from mailapi.settings import save_settings
-
-from bench.procs import HOST, VENV_BIN, Process, free_port, run_checked
 
 SENDER_DOMAIN = "example.com"
 

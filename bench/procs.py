@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ class Process:
         self.argv = list(argv)
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.popen = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        self.popen = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
@@ -56,6 +57,27 @@ class Process:
                 value = int(line.split()[1])
                 self.peak_rss_kb = max(value, self.peak_rss_kb or 0)
         return self.peak_rss_kb
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of all its threads so far, from /proc/PID/stat."""
+        try:
+            text = Path(f"/proc/{self.pid}/stat").read_text(encoding="ascii")
+        except OSError:
+            return 0.0
+        fields = text.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def wait_exit(self, timeout: float) -> int:
+        """Wait (polling, bounded) for the process to exit by itself; stop it past timeout."""
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.05) + 2):
+            if not self.alive() or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if self.alive():
+            self.stop()
+            raise RuntimeError(f"{self.name} did not finish within {timeout} s:\n{self.tail()}")
+        return int(self.popen.returncode)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait, then SIGKILL this PID; records VmHWM first. Returns the exit code."""
@@ -124,6 +146,23 @@ async def wait_for_http(process: Process, port: int, path: str = "/healthz",
             break
         await asyncio.sleep(0.05)
     raise RuntimeError(f"{process.name} did not answer GET {path} with 200:\n{process.tail()}")
+
+
+def system_cpu_seconds() -> float:
+    """Core-seconds the whole machine has spent busy since boot (all processes)."""
+    fields = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's finished (reaped) children, e.g. wrk."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text(encoding="ascii").split()[:3]]
 
 
 def run_checked(argv: Sequence[str], timeout: float = 60.0) -> str:

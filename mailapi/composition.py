@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
+import secrets
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
@@ -37,7 +37,7 @@ class CompositionError(Exception):
 
 def new_message_id(domain: str) -> str:
     """A Message-ID fixed at enqueue, so a duplicate delivery is recognisable."""
-    return f"<{uuid.uuid4().hex}@{domain}>"
+    return f"<{secrets.token_hex(16)}@{domain}>"
 
 
 def _encoded_words(text: str) -> list[str]:
@@ -129,7 +129,7 @@ def compose(
         head = "\r\n".join(headers).encode("ascii") + b"\r\n"
         data = head + text_part
     else:
-        boundary = f"=_{uuid.uuid4().hex}"  # "=_" cannot occur in quoted-printable text
+        boundary = f"=_{secrets.token_hex(16)}"  # "=_" cannot occur in quoted-printable text
         headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
         delimiter = f"--{boundary}\r\n".encode("ascii")
         data = ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + b"".join((

@@ -9,7 +9,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, func, or_, select, update
 
 from mailapi.db import write_transaction
-from mailapi.models import counters, delivery_events, idempotency_keys, outbound_queue
+from mailapi.models import (
+    counters,
+    delivery_events,
+    idempotency_keys,
+    outbound_queue,
+    sqlite_sequence,
+)
 
 QUEUED = "queued"
 LEASED = "leased"
@@ -74,6 +80,9 @@ def enqueue_many(connection: Connection, messages: Sequence[NewMessage],
     """Insert each message unless its digest is known; in the caller's write transaction.
 
     A digest seen before (earlier, or earlier in this very batch) answers the original id.
+    Ids are allocated here from sqlite_sequence — safe because the caller's BEGIN IMMEDIATE
+    holds the write lock — so the whole batch goes in with one executemany per table
+    instead of a statement per row.
     """
     digests = list({m.digest for m in messages})
     known: dict[str, Enqueued] = {}
@@ -85,28 +94,31 @@ def enqueue_many(connection: Connection, messages: Sequence[NewMessage],
         )
         for digest, queue_id, queued_at in rows:
             known[digest] = Enqueued(queue_id, queued_at, duplicate=True)
+    last_id = connection.execute(
+        select(func.max(sqlite_sequence.c.seq)).where(sqlite_sequence.c.name == q.name)
+    ).scalar_one_or_none() or 0
+    queue_rows: list[dict[str, object]] = []
+    key_rows: list[dict[str, object]] = []
     results: list[Enqueued] = []
     for message in messages:
         if message.digest in known:
             results.append(known[message.digest])
             continue
-        queue_id = connection.execute(
-            q.insert().values(
-                state=QUEUED, message_type=message.message_type, recipient=message.recipient,
-                envelope_sender=message.envelope_sender, subject=message.subject,
-                message_id=message.message_id, message=message.message, created_at=now,
-                expires_at=message.expires_at, next_attempt_at=now, attempts=0, reclaims=0,
-                updated_at=now,
-            ).returning(q.c.id)
-        ).scalar_one()
-        connection.execute(
-            idempotency_keys.insert().values(
-                digest=message.digest, queue_id=queue_id, queued_at=now,
-                keep_until=message.keep_key_until,
-            )
-        )
-        known[message.digest] = Enqueued(queue_id, now, duplicate=True)
-        results.append(Enqueued(queue_id, now, duplicate=False))
+        last_id += 1
+        queue_rows.append({
+            "id": last_id, "state": QUEUED, "message_type": message.message_type,
+            "recipient": message.recipient, "envelope_sender": message.envelope_sender,
+            "subject": message.subject, "message_id": message.message_id,
+            "message": message.message, "created_at": now, "expires_at": message.expires_at,
+            "next_attempt_at": now, "attempts": 0, "reclaims": 0, "updated_at": now,
+        })
+        key_rows.append({"digest": message.digest, "queue_id": last_id, "queued_at": now,
+                         "keep_until": message.keep_key_until})
+        known[message.digest] = Enqueued(last_id, now, duplicate=True)
+        results.append(Enqueued(last_id, now, duplicate=False))
+    if queue_rows:
+        connection.execute(q.insert(), queue_rows)
+        connection.execute(idempotency_keys.insert(), key_rows)
     return results
 
 
@@ -221,19 +233,26 @@ def prune(connection: Connection, *, now: float, keep_events_seconds: float) -> 
                                                      - keep_events_seconds))
 
 
-def retry(connection: Connection, queue_id: int, *, now: float) -> bool:
-    """Put one failed message back in the queue (its token must still be valid)."""
+def _retryable(now: float, max_age_seconds: float) -> ColumnElement[bool]:
+    """A failed message may go back only while its token and its age still allow sending."""
+    return and_(q.c.state == FAILED, q.c.expires_at > now,
+                q.c.created_at > now - max_age_seconds)
+
+
+def retry(connection: Connection, queue_id: int, *, now: float,
+          max_age_seconds: float) -> bool:
+    """Put one failed message back in the queue."""
     result = connection.execute(
-        update(q).where(q.c.id == queue_id, q.c.state == FAILED, q.c.expires_at > now)
+        update(q).where(q.c.id == queue_id, _retryable(now, max_age_seconds))
         .values(state=QUEUED, next_attempt_at=now, attempts=0, reclaims=0, failed_reason=None,
                 updated_at=now)
     )
     return result.rowcount == 1
 
 
-def retry_all_failed(connection: Connection, *, now: float) -> int:
+def retry_all_failed(connection: Connection, *, now: float, max_age_seconds: float) -> int:
     return int(connection.execute(
-        update(q).where(q.c.state == FAILED, q.c.expires_at > now)
+        update(q).where(_retryable(now, max_age_seconds))
         .values(state=QUEUED, next_attempt_at=now, attempts=0, reclaims=0, failed_reason=None,
                 updated_at=now)
     ).rowcount)

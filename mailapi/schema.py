@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from mailapi.db import StorageUnavailable, translate_errors
+from mailapi.db import StorageUnavailable, read_transaction, translate_errors
 
 
 class SchemaNotCurrent(Exception):
@@ -32,7 +32,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with translate_errors(), engine.connect() as connection:
+    with read_transaction(engine) as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -32,7 +33,10 @@ async def not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": "method not allowed"}, status_code=405)
+    # RFC 9110 15.5.6: a 405 must carry Allow; Starlette puts it on the HTTPException.
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return JSONResponse({"ok": False, "error": "method not allowed"}, status_code=405,
+                        headers=headers)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -66,7 +66,7 @@ def test_example_configuration_loads() -> None:
     from mailapi.config import load_config
 
     config = load_config(ROOT / "etc" / "mail-api.toml.example")
-    assert config.receiver.port == 2555 and config.receiver.host == "0.0.0.0"  # noqa: S104
+    assert config.receiver.port == 2555 and config.receiver.host == "0.0.0.0"
     assert config.panel.port == 2580 and config.panel.host == "127.0.0.1"
     assert config.logging.delivery_log_max_bytes == 5 * 1024 * 1024
     assert config.worker.delivery_backend == "smtp"

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from mailapi.config import Config
-from mailapi.db import integrity_check, open_engine
+from mailapi.db import integrity_check, open_engine, read_transaction
 from mailapi.schema import current_revision, head_revision, upgrade
 
 
@@ -45,7 +45,7 @@ def check_command(config: Config, arguments: argparse.Namespace) -> int:
     problems = integrity_check(engine)
     revision = current_revision(engine)
     head = head_revision()
-    with engine.connect() as connection:
+    with read_transaction(engine) as connection:
         mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
     engine.dispose()
     ok = problems == ["ok"] and revision == head and mode == "wal"

@@ -13,6 +13,7 @@ from mailapi.config import Config
 from mailapi.db import read_transaction, write_transaction
 from mailapi.events import recent_events
 from mailapi.pause import clear_pause, read_pause
+from mailapi.settings import load_settings
 from mailapi.timestamps import format_utc
 
 
@@ -81,17 +82,20 @@ def retry_command(config: Config, arguments: argparse.Namespace) -> int:
     engine = open_checked(config)
     now = time.time()
     with write_transaction(engine) as connection:
+        max_age = load_settings(connection).message_max_age_seconds
         if arguments.all_failed:
-            count = outbound.retry_all_failed(connection, now=now)
+            count = outbound.retry_all_failed(connection, now=now, max_age_seconds=max_age)
             target = "all failed"
         else:
-            count = int(outbound.retry(connection, arguments.id, now=now))
+            count = int(outbound.retry(connection, arguments.id, now=now,
+                                       max_age_seconds=max_age))
             target = str(arguments.id)
         if count:
             audit.record(connection, actor=ACTOR, action="queue.retry", target=target,
                          source=SOURCE, detail=f"{count} message(s)")
     if not arguments.all_failed and not count:
-        print(f"message {arguments.id} is not a failed message whose token is still valid")
+        print(f"message {arguments.id} is not a failed message that may still be sent "
+              "(its token expired or it is older than message_max_age_seconds)")
         return 1
     print(f"queued again: {count}")
     return 0

@@ -328,9 +328,10 @@ def test_retry_requeues_a_failed_message_unless_its_token_expired(engine: Engine
     valid = _failed(engine, "valid", HOUR)
     expired = _failed(engine, "expired", 10)
     with write_transaction(engine) as connection:
-        assert outbound.retry(connection, expired, now=NOW + 20) is False
-        assert outbound.retry(connection, valid, now=NOW + 20) is True
-        assert outbound.retry(connection, valid, now=NOW + 20) is False  # not failed now
+        assert outbound.retry(connection, expired, now=NOW + 20, max_age_seconds=DAY) is False
+        assert outbound.retry(connection, valid, now=NOW + 20, max_age_seconds=DAY) is True
+        # a second retry finds it no longer failed
+        assert outbound.retry(connection, valid, now=NOW + 20, max_age_seconds=DAY) is False
     row = get(engine, valid)
     assert row is not None
     assert (row.state, row.attempts, row.reclaims, row.failed_reason) == ("queued", 0, 0, None)
@@ -339,11 +340,19 @@ def test_retry_requeues_a_failed_message_unless_its_token_expired(engine: Engine
     assert still is not None and still.state == "failed"
 
 
+def test_retry_refuses_messages_past_the_maximum_age(engine: Engine) -> None:
+    old = _failed(engine, "old", HOUR)
+    with write_transaction(engine) as connection:
+        assert outbound.retry(connection, old, now=NOW + 120, max_age_seconds=60) is False
+        assert outbound.retry_all_failed(connection, now=NOW + 120, max_age_seconds=60) == 0
+        assert outbound.retry(connection, old, now=NOW + 30, max_age_seconds=60) is True
+
+
 def test_retry_all_failed_skips_expired_tokens(engine: Engine) -> None:
     valid = [_failed(engine, f"valid{i}", HOUR) for i in range(2)]
     expired = _failed(engine, "expired", 10)
     with write_transaction(engine) as connection:
-        assert outbound.retry_all_failed(connection, now=NOW + 20) == 2
+        assert outbound.retry_all_failed(connection, now=NOW + 20, max_age_seconds=DAY) == 2
         assert outbound.counts_by_state(connection) == {"queued": 2, "leased": 0, "failed": 1}
     assert {m.queue_id for m in claim(engine, now=NOW + 20)} == set(valid)
     row = get(engine, expired)

@@ -82,7 +82,7 @@ class Suite:
     def start(self, name: str, *args: str) -> Daemon:
         log_path = self.config.parent / f"{name}-{len(self.daemons)}.log"
         with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(  # noqa: S603
+            process = subprocess.Popen(
                 [str(BIN / f"mailapi-{name}"), "--config", str(self.config), *args],
                 stdout=log_file, stderr=subprocess.STDOUT)
         daemon = Daemon(name, process, log_path)
@@ -108,7 +108,7 @@ class Suite:
                 "+00:00", "Z")
             headers["X-TransLife-Timestamp"] = timestamp
             headers["X-TransLife-Signature"] = sign(self.secret, timestamp, raw)
-        request = urllib.request.Request(  # noqa: S310
+        request = urllib.request.Request(
             f"http://127.0.0.1:{self.receiver_port}/webhook/outbound-email", data=raw,
             headers=headers, method="POST")
         try:

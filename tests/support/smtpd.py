@@ -106,9 +106,9 @@ def _as_bytes(content: bytes | str) -> bytes:
 def _authenticator(users: dict[str, str]) -> Any:
     def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                      auth_data: Any) -> AuthResult:
-        if isinstance(auth_data, LoginPassword):
-            if users.get(auth_data.login.decode()) == auth_data.password.decode():
-                return AuthResult(success=True, auth_data=auth_data)
+        if isinstance(auth_data, LoginPassword) and (
+                users.get(auth_data.login.decode()) == auth_data.password.decode()):
+            return AuthResult(success=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
     return authenticate
 
