@@ -14,14 +14,14 @@ from sqlalchemy import Engine
 from mailapi import queue as outbound
 from mailapi.db import StorageError, read_transaction, write_transaction
 from mailapi.delivery.backoff import pause_length
-from mailapi.delivery.outcome import DeliveryFailure
 from mailapi.delivery.smtp import SmtpParameters
 from mailapi.deliverylog import DeliveryLog
 from mailapi.logging import get_logger
 from mailapi.pause import PauseState, clear_pause, read_pause, set_pause
 from mailapi.queue import ClaimedMessage
 from mailapi.settings import Settings, SettingsCache
-from worker.outcomes import Attempt, Result, RowChange, attempt_from_failure, plan, store, write_log
+from worker.batch import deliver_batch
+from worker.outcomes import Attempt, Result, RowChange, plan, store, write_log
 from worker.transport import FileTransport, SmtpTransport, Transport
 
 log = get_logger("worker")
@@ -86,7 +86,7 @@ class Worker:
             max_age_seconds=settings.message_max_age_seconds)
         if not batch:
             return 0
-        attempts = await self._deliver(batch, settings)
+        attempts = await self._deliver(batch, settings, now)
         await self._record(attempts, settings)
         return len(batch)
 
@@ -95,7 +95,9 @@ class Worker:
         return 1 if self.stats.paused_reason else self.options.batch_size
 
     def _lease_seconds(self, settings: Settings) -> float:
-        # Long enough for connect, TLS, AUTH, MAIL, RCPT and DATA each to use the timeout.
+        # At least two worst-case messages (connect, TLS, EHLO, AUTH, MAIL, RCPT and DATA each
+        # using the whole timeout): sessions stop starting messages one worst case before
+        # the lease ends, so a slow upstream never outlives the lease.
         per_message = 7 * settings.smtp_timeout
         return max(self.options.lease_seconds, per_message * 2)
 
@@ -162,45 +164,19 @@ class Worker:
             self._transport_key = key
         return self._transport
 
-    async def _deliver(self, batch: list[ClaimedMessage], settings: Settings) -> list[Attempt]:
+    async def _deliver(self, batch: list[ClaimedMessage], settings: Settings,
+                       claimed_at: float) -> list[Attempt]:
         transport = await self._transport_for(settings)
-        pending: asyncio.Queue[ClaimedMessage] = asyncio.Queue()
-        for message in batch:
-            pending.put_nowait(message)
+        worst_per_message = 7 * settings.smtp_timeout
+        start_deadline = claimed_at + self._lease_seconds(settings) - worst_per_message
         attempts: list[Attempt] = []
-        pause = asyncio.Event()
-
-        async def session(slot: int) -> None:
-            while not pending.empty():
-                message = pending.get_nowait()
-                if self.stopping.is_set() or pause.is_set():
-                    attempts.append(Attempt(message, Result.UNTRIED))
-                    continue
-                if self.clock() >= message.expires_at:
-                    attempts.append(Attempt(message, Result.EXPIRED))
-                    continue
-                try:
-                    reply = await transport.send(slot, message)
-                except DeliveryFailure as failure:
-                    attempt = attempt_from_failure(message, failure)
-                    if attempt.result is Result.PAUSE:
-                        pause.set()
-                    attempts.append(attempt)
-                else:
-                    attempts.append(Attempt(message, Result.DELIVERED, reply=reply))
-
-        slots = min(self.options.sessions, len(batch))
-        tasks = [asyncio.create_task(session(slot)) for slot in range(slots)]
         try:
-            await asyncio.gather(*tasks)
+            attempts = await deliver_batch(
+                transport, batch, sessions=self.options.sessions, clock=self.clock,
+                stopping=self.stopping, start_deadline=start_deadline)
         except asyncio.CancelledError:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            done = {attempt.message.queue_id for attempt in attempts}
-            attempts.extend(Attempt(m, Result.UNTRIED) for m in batch
-                            if m.queue_id not in done)
-            await self._record(attempts, settings)
+            # Shutdown past its grace period: record what is known, release the rest.
+            await self._record([Attempt(m, Result.UNTRIED) for m in batch], settings)
             raise
         return attempts
 

@@ -110,6 +110,10 @@ async def _deliver_forever(worker: Worker, watcher: DatabaseWatcher, notifier: N
             log.warning("database busy or full; backing off", error=str(exc), seconds=backoff)
             await watcher.wait(backoff, worker.stopping)
             backoff = min(backoff * 2, 5.0)
+        except Exception:  # a bug must not end delivery: log it, back off, go on
+            log.exception("unexpected error in the delivery loop", seconds=backoff)
+            await watcher.wait(backoff, worker.stopping)
+            backoff = min(backoff * 2, 5.0)
 
 
 def _status(worker: Worker) -> str:
