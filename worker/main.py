@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if config.logging.delivery_log else None)
     worker = Worker(startup.engine, SettingsCache(startup.engine), options,
                     delivery_log=delivery_log)
+    gc.collect()
+    gc.freeze()  # long-lived start-up objects stay out of full collections
     if startup.arguments.once:
         asyncio.run(_once(worker))
     else:
