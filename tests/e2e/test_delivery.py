@@ -69,29 +69,53 @@ def test_idle_worker_wakes_quickly(suite: Suite, smtp_server: SmtpServer) -> Non
     assert time.monotonic() - started < 2.0
 
 
+def expire_leases(suite: Suite, queue_id: int) -> None:
+    """The lease outlives a dead worker; end it now rather than wait minutes."""
+    with sqlite3.connect(suite.config.parent / "mail-api.sqlite3") as connection:
+        state = connection.execute("SELECT state FROM outbound_queue WHERE id = ?",
+                                   (queue_id,)).fetchone()[0]
+        assert state == "leased"
+        connection.execute("UPDATE outbound_queue SET lease_expires_at = 0")
+
+
 def test_worker_killed_mid_delivery_loses_nothing(suite: Suite, smtp_server: SmtpServer) -> None:
     assert cli(suite.config, "settings", "set", "smtp_timeout", "30").returncode == 0
-    smtp_server.recorder.faults.data_delay = 3.0  # the worker is inside DATA when killed
+    smtp_server.recorder.faults.rcpt_delay = 3.0  # the worker waits on RCPT when killed
     suite.start_receiver()
-    worker = suite.start("worker", )
+    worker = suite.start("worker")
     status, body = suite.post(webhook_body("dave@example.org", "tok-kill"))
     assert status == 202
     time.sleep(1.0)
-    worker.kill()  # kill -9 while the server holds the final dot
-    assert smtp_server.recorder.messages == []
-    smtp_server.recorder.faults.data_delay = 0.0
-    # The lease outlives the dead worker; make it short for the test by expiring it now.
-    with sqlite3.connect(suite.config.parent / "mail-api.sqlite3") as connection:
-        state = connection.execute("SELECT state FROM outbound_queue WHERE id = ?",
-                                   (body["queued_id"],)).fetchone()[0]
-        assert state == "leased"
-        connection.execute("UPDATE outbound_queue SET lease_expires_at = 0")
+    worker.kill()  # kill -9 in the middle of the SMTP transaction
+    smtp_server.recorder.faults.rcpt_delay = 0.0
+    expire_leases(suite, body["queued_id"])
     suite.start("worker")
     received = smtp_server.recorder.wait_for(1, timeout=15)
-    # The server may have kept the first copy if the kill raced its 250; it did not here
-    # because DATA was still being held, so exactly one message arrives.
-    assert len(received) == 1
     assert received[0].rcpt_tos == ["dave@example.org"]
+    wait_until(lambda: queue_rows(suite) == 0, message="row deleted after redelivery")
+    time.sleep(3.0)  # the killed transaction never completes on the server's side
+    assert len(smtp_server.recorder.messages) == 1
+
+
+def test_kill_after_the_final_dot_duplicates_with_the_same_message_id(
+        suite: Suite, smtp_server: SmtpServer) -> None:
+    """The one duplicate window: the server took the message, the worker died before DELETE."""
+    assert cli(suite.config, "settings", "set", "smtp_timeout", "30").returncode == 0
+    # The server stores the message, and its 250 comes after the worker is gone.
+    smtp_server.recorder.faults.reply_delay_after_store = 3.0
+    suite.start_receiver()
+    worker = suite.start("worker")
+    status, body = suite.post(webhook_body("frank@example.org", "tok-window"))
+    assert status == 202
+    time.sleep(1.0)
+    worker.kill()
+    smtp_server.recorder.faults.reply_delay_after_store = 0.0
+    assert len(smtp_server.recorder.messages) == 1
+    expire_leases(suite, body["queued_id"])
+    suite.start("worker")
+    received = smtp_server.recorder.wait_for(2, timeout=15)
+    ids = {message.parsed()["Message-ID"] for message in received}
+    assert len(received) == 2 and len(ids) == 1
     wait_until(lambda: queue_rows(suite) == 0, message="row deleted after redelivery")
 
 

@@ -37,6 +37,9 @@ class Faults:
     rcpt_reply: str | None = None
     data_reply: str | None = None
     data_delay: float = 0.0  # seconds to wait before answering the final dot
+    # Seconds to wait *after* storing the message and before answering 250: a server that
+    # has taken the message while the client may die before hearing so.
+    reply_delay_after_store: float = 0.0
     rcpt_delay: float = 0.0
 
 
@@ -86,6 +89,9 @@ class Recorder:
                 auth_user=user,
                 tls=session.ssl is not None
                 or server.transport.get_extra_info("sslcontext") is not None))
+        if self.faults.reply_delay_after_store:
+            import asyncio
+            await asyncio.sleep(self.faults.reply_delay_after_store)
         return "250 2.0.0 Message accepted"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
