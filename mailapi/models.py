@@ -16,14 +16,6 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# SQLite's own table behind AUTOINCREMENT (read only, to allocate ids inside a write lock).
-sqlite_sequence = Table(
-    "sqlite_sequence",
-    MetaData(),  # not ours to create: kept out of `metadata`
-    Column("name", Text),
-    Column("seq", Integer),
-)
-
 # Runtime settings: one row per key, the value as JSON text. Absent keys take their default.
 settings = Table(
     "settings",
