@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,7 +144,3 @@ def integrity_check(engine: Engine) -> list[str]:
     with read_transaction(engine) as connection:
         rows = connection.exec_driver_sql("PRAGMA quick_check").fetchall()
     return [str(row[0]) for row in rows]
-
-
-def is_sqlite_error(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.Error | sa_exc.DBAPIError)

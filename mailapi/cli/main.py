@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mailapi.cli import database, queue, settings, webhook
+from mailapi.cli import database, queue, settings, status, webhook
 from mailapi.config import ConfigError, load_config
 from mailapi.db import StorageError
 from mailapi.schema import SchemaNotCurrent
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.register(groups)
     queue.register(groups)
     webhook.register(groups)
+    status.register(groups)
     return parser
 
 

@@ -139,3 +139,20 @@ def test_settings_change_reaches_running_receiver(suite: Suite) -> None:
         status, _ = suite.post(webhook_body("erin@example.org", f"tok-{time.monotonic()}"))
         time.sleep(0.1)
     assert status == 403
+
+
+def test_status_reports_daemons_queue_and_deliveries(suite: Suite, smtp_server: SmtpServer
+                                                      ) -> None:
+    before = cli(suite.config, "status")
+    assert before.returncode == 1 and "receiver  never started" in before.stdout
+    suite.start_receiver()
+    worker = suite.start("worker")
+    wait_until(lambda: "worker ready" in worker.output(), message="worker ready")
+    assert suite.post(webhook_body("hank@example.org", "tok-status"))[0] == 202
+    smtp_server.recorder.wait_for(1)
+    wait_until(lambda: cli(suite.config, "status").returncode == 0, timeout=15,
+               message="both heartbeats")
+    report = cli(suite.config, "status").stdout
+    assert "receiver  alive" in report and "worker    alive" in report
+    assert "last hour delivered 1" in report
+    assert "queue     queued 0, leased 0, failed 0" in report
