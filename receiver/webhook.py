@@ -48,11 +48,13 @@ async def outbound_email(request: Request) -> JSONResponse:
     try:
         return await _accept(request, state)
     except Refusal as refusal:
+        peer = request.client.host if request.client else None
         if refusal.status >= 500:
-            log.warning("webhook refused", status=refusal.status, error=refusal.error)
+            log.warning("webhook refused", status=refusal.status, error=refusal.error,
+                        peer=peer)
         else:
             log.info("webhook refused", status=refusal.status, error=refusal.error,
-                     field=refusal.field)
+                     field=refusal.field, peer=peer)
         return refusal.response()
     except StorageError as exc:
         log.warning("database unavailable", error=str(exc))

@@ -20,6 +20,7 @@ from mailapi.settings import (
     parse_value,
     save_settings,
 )
+from mailapi.settings.definitions import SMTP_SECURITY_PRESETS
 
 
 def register(groups: Any) -> None:
@@ -73,7 +74,12 @@ def set_command(config: Config, arguments: argparse.Namespace) -> int:
     text = sys.stdin.read().rstrip("\n") if arguments.value == "-" else arguments.value
     value = parse_value(key, text)
     engine = open_checked(config)
-    save_settings(engine, {key: value}, actor=ACTOR, source=SOURCE)
+    saved = save_settings(engine, {key: value}, actor=ACTOR, source=SOURCE)
     shown = "(secret, not shown)" if key in SECRET_KEYS else _format(value)
     print(f"{key} = {shown}  ({describe(key)})")
+    if key in ("smtp_security", "smtp_port"):
+        usual = SMTP_SECURITY_PRESETS[saved.smtp_security]
+        if saved.smtp_port != usual:
+            print(f"note: smtp_port is {saved.smtp_port}; {saved.smtp_security} usually runs "
+                  f"on {usual} (25 plain, 587 starttls, 465 ssl)")
     return 0

@@ -97,3 +97,10 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     result = cli(tmp_path / "nope.toml", "settings", "show")
     assert result.returncode == 2
     assert "configuration file not found" in result.stderr
+
+
+def test_security_mode_hints_at_its_usual_port(config: Path) -> None:
+    hinted = cli(config, "settings", "set", "smtp_security", "ssl")
+    assert "note: smtp_port is 587; ssl usually runs on 465" in hinted.stdout
+    quiet = cli(config, "settings", "set", "smtp_port", "465")
+    assert "note:" not in quiet.stdout
