@@ -74,8 +74,8 @@ async def _accept(request: Request, state: ReceiverState) -> JSONResponse:
         raise Refusal(429, "rate limit exceeded", retry_after=retry_after_header(wait))
     raw_body = await _read_body(request, state.max_body_bytes)
 
-    secrets = [s for s in (settings.webhook_secret,) if s]
     now = state.clock()
+    secrets = [settings.webhook_secret] if settings.webhook_secret else []
     if settings.webhook_secret_previous and now < settings.webhook_secret_previous_valid_until:
         secrets.append(settings.webhook_secret_previous)
     timestamp = request.headers.get(TIMESTAMP_HEADER)

@@ -18,13 +18,17 @@ log = get_logger("worker.batch")
 async def deliver_batch(
     transport: Transport,
     batch: list[ClaimedMessage],
+    attempts: list[Attempt],
     *,
     sessions: int,
     clock: Callable[[], float],
     stopping: asyncio.Event,
     start_deadline: float,
-) -> list[Attempt]:
-    """One Attempt per message of the batch, whatever happens.
+) -> None:
+    """Fill `attempts` with one Attempt per message of the batch, whatever happens.
+
+    The list is the caller's, so what was already delivered stays known even when the
+    batch is cancelled part-way.
 
     Sessions stop starting messages when the worker is stopping, when the queue must pause,
     or when the lease could run out before another message finishes (`start_deadline`): those
@@ -33,7 +37,6 @@ async def deliver_batch(
     connection timeout.
     """
     pending = deque(batch)
-    attempts: list[Attempt] = []
     halted = False
     unreachable: DeliveryFailure | None = None
 
@@ -82,4 +85,3 @@ async def deliver_batch(
         # Whatever was not reached (or was cut off by cancellation) goes back untried.
         done = {attempt.message.queue_id for attempt in attempts}
         attempts.extend(Attempt(m, Result.UNTRIED) for m in batch if m.queue_id not in done)
-    return attempts

@@ -94,12 +94,15 @@ class Worker:
         # Half-open circuit: after a pause, probe with a single message first.
         return 1 if self.stats.paused_reason else self.options.batch_size
 
+    @staticmethod
+    def _worst_case_message_seconds(settings: Settings) -> float:
+        # Connect, TLS, EHLO, AUTH, MAIL, RCPT and DATA each using the whole timeout.
+        return 7.0 * settings.smtp_timeout
+
     def _lease_seconds(self, settings: Settings) -> float:
-        # At least two worst-case messages (connect, TLS, EHLO, AUTH, MAIL, RCPT and DATA each
-        # using the whole timeout): sessions stop starting messages one worst case before
-        # the lease ends, so a slow upstream never outlives the lease.
-        per_message = 7 * settings.smtp_timeout
-        return max(self.options.lease_seconds, per_message * 2)
+        # At least two worst-case messages: sessions stop starting messages one worst case
+        # before the lease ends, so a slow upstream never outlives the lease.
+        return max(self.options.lease_seconds, 2 * self._worst_case_message_seconds(settings))
 
     async def _housekeeping(self, settings: Settings, now: float) -> None:
         if abs(now - self._housekept_at) < HOUSEKEEPING_SECONDS:
@@ -167,16 +170,17 @@ class Worker:
     async def _deliver(self, batch: list[ClaimedMessage], settings: Settings,
                        claimed_at: float) -> list[Attempt]:
         transport = await self._transport_for(settings)
-        worst_per_message = 7 * settings.smtp_timeout
-        start_deadline = claimed_at + self._lease_seconds(settings) - worst_per_message
+        start_deadline = (claimed_at + self._lease_seconds(settings)
+                          - self._worst_case_message_seconds(settings))
         attempts: list[Attempt] = []
         try:
-            attempts = await deliver_batch(
-                transport, batch, sessions=self.options.sessions, clock=self.clock,
+            await deliver_batch(
+                transport, batch, attempts, sessions=self.options.sessions, clock=self.clock,
                 stopping=self.stopping, start_deadline=start_deadline)
         except asyncio.CancelledError:
-            # Shutdown past its grace period: record what is known, release the rest.
-            await self._record([Attempt(m, Result.UNTRIED) for m in batch], settings)
+            # Shutdown past its grace period: record what already happened (a 250 must not
+            # be forgotten, or the message goes out twice); the rest is released untried.
+            await self._record(attempts, settings)
             raise
         return attempts
 

@@ -49,12 +49,6 @@ class DeliveryFailure(Exception):
         code = f"{self.code} " if self.code is not None else ""
         return f"{self.stage.value}: {code}{self.detail}"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DeliveryFailure) and self.args == other.args
-
-    def __hash__(self) -> int:
-        return hash(self.args)
-
 
 def classify(failure: DeliveryFailure) -> Action:
     """Decide the fate of a message from one failed attempt.

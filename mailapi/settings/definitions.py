@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -213,6 +214,11 @@ class Settings:
 
     def smtp_fingerprint(self) -> str:
         """Changes whenever an SMTP setting changes (resets the circuit breaker)."""
+        return self._smtp_fingerprint
+
+    @cached_property
+    def _smtp_fingerprint(self) -> str:
+        # A snapshot is immutable: hash its SMTP settings once, not on every worker pass.
         values = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name.startswith("smtp_")}
         encoded = json.dumps(values, sort_keys=True).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -19,7 +20,7 @@ from tests.integration.worker_helpers import (
 )
 from tests.support.ports import free_port
 from worker.batch import deliver_batch
-from worker.outcomes import Result
+from worker.outcomes import Attempt, Result
 from worker.transport import FileTransport
 
 
@@ -51,8 +52,9 @@ def claimed(engine: Engine, clock: Clock, count: int) -> list[ClaimedMessage]:
 def test_no_message_is_started_past_the_lease_deadline(engine: Engine, tmp_path: Path) -> None:
     clock = Clock()
     batch = claimed(engine, clock, 3)
-    attempts = asyncio.run(deliver_batch(
-        FileTransport(tmp_path / "outbox"), batch, sessions=2, clock=clock,
+    attempts: list[Attempt] = []
+    asyncio.run(deliver_batch(
+        FileTransport(tmp_path / "outbox"), batch, attempts, sessions=2, clock=clock,
         stopping=asyncio.Event(), start_deadline=clock.now - 1))
     assert sorted(a.result.value for a in attempts) == ["untried"] * 3
     assert not (tmp_path / "outbox").exists()
@@ -75,8 +77,9 @@ def test_a_bug_on_one_message_does_not_stop_the_others(engine: Engine, tmp_path:
     clock = Clock()
     batch = claimed(engine, clock, 4)
     broken = batch[1].queue_id
-    attempts = asyncio.run(deliver_batch(
-        BrokenForOne(tmp_path / "outbox", broken), batch, sessions=1, clock=clock,
+    attempts: list[Attempt] = []
+    asyncio.run(deliver_batch(
+        BrokenForOne(tmp_path / "outbox", broken), batch, attempts, sessions=1, clock=clock,
         stopping=asyncio.Event(), start_deadline=clock.now + 300))
     results = {a.message.queue_id: a for a in attempts}
     assert results[broken].result is Result.RETRY
@@ -92,7 +95,38 @@ def test_stopping_releases_everything_not_started(engine: Engine, tmp_path: Path
     batch = claimed(engine, clock, 3)
     stopping = asyncio.Event()
     stopping.set()
-    attempts = asyncio.run(deliver_batch(
-        FileTransport(tmp_path / "outbox"), batch, sessions=2, clock=clock,
+    attempts: list[Attempt] = []
+    asyncio.run(deliver_batch(
+        FileTransport(tmp_path / "outbox"), batch, attempts, sessions=2, clock=clock,
         stopping=stopping, start_deadline=clock.now + 300))
     assert [a.result for a in attempts] == [Result.UNTRIED] * 3
+
+
+class HangsAfterFirst(FileTransport):
+    """Delivers one message, then never answers (an upstream stuck at the final dot)."""
+
+    async def send(self, slot: int, message: ClaimedMessage) -> str:
+        if list(self.outbox_dir.glob("*.eml")):
+            await asyncio.sleep(3600)
+        return await super().send(slot, message)
+
+
+def test_a_cancelled_batch_still_reports_what_was_delivered(engine: Engine,
+                                                            tmp_path: Path) -> None:
+    """Shutdown past its grace period must not forget a 250, or the message goes out twice."""
+    clock = Clock()
+    batch = claimed(engine, clock, 3)
+    attempts: list[Attempt] = []
+
+    async def cut_short() -> None:
+        task = asyncio.create_task(deliver_batch(
+            HangsAfterFirst(tmp_path / "outbox"), batch, attempts, sessions=1, clock=clock,
+            stopping=asyncio.Event(), start_deadline=clock.now + 300))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cut_short())
+    assert [a.result for a in attempts] == [Result.DELIVERED, Result.UNTRIED, Result.UNTRIED]
+    assert attempts[0].message.queue_id == batch[0].queue_id
