@@ -31,7 +31,7 @@ test-unit: $(STAMP) ## only the fast unit tests
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check mailapi receiver worker migrations tests bench
+	$(BIN)/ruff check mailapi receiver worker panel migrations tests bench
 
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy

@@ -32,11 +32,28 @@ class ReceiverConfig:
     max_body_bytes: int = 64 * 1024
 
 
+def _default_allowed_hosts() -> list[str]:
+    return ["localhost", "127.0.0.1", "[::1]"]
+
+
 @dataclass(frozen=True)
 class PanelConfig:
     host: str = "127.0.0.1"
     port: int = PANEL_PORT
     allow_public_bind: bool = False
+    # Host header values the panel answers (DNS-rebinding defence); add the name nginx
+    # serves it under. Ports are ignored when comparing.
+    allowed_hosts: list[str] = field(default_factory=_default_allowed_hosts)
+    # The path prefix the panel is published under (nginx location), "" for the root.
+    root_path: str = ""
+    # Serve the admin JSON API to unauthenticated callers whose address is loopback
+    # (the spec's "local-only admin API"). Off by default: API keys are the normal way.
+    loopback_api_without_auth: bool = False
+    # Extra ports the SMTP / IMAP / POP3 test buttons may reach beyond the usual ones.
+    extra_test_ports: list[int] = field(default_factory=list)
+    # Optional in-process TLS (a reverse proxy is the recommended way).
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,15 @@ def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, ba
             if not isinstance(value, str):
                 raise ConfigError(f"{where} must be a string")
             converted[key] = value
+        elif expected == "list[str]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} must be a list of strings")
+            converted[key] = list(value)
+        elif expected == "list[int]":
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{where} must be a list of integers")
+            converted[key] = list(value)
         else:  # pragma: no cover - a new field type without a converter
             raise ConfigError(f"{where}: unsupported type {expected}")
     return cls(**converted)
@@ -165,6 +191,16 @@ def _validate(config: Config) -> None:
             f"{where}: [panel] host {config.panel.host!r} is not loopback; "
             "set [panel] allow_public_bind = true to bind it publicly"
         )
+    panel = config.panel
+    if panel.root_path and (not panel.root_path.startswith("/") or panel.root_path.endswith("/")):
+        raise ConfigError(f"{where}: [panel] root_path must start with / and not end with / "
+                          "(for example \"/mail-api\"), or be empty")
+    if not panel.allowed_hosts:
+        raise ConfigError(f"{where}: [panel] allowed_hosts must name at least one host")
+    if any(not 1 <= port <= 65535 for port in panel.extra_test_ports):
+        raise ConfigError(f"{where}: [panel] extra_test_ports must be between 1 and 65535")
+    if (panel.tls_certificate is None) != (panel.tls_key is None):
+        raise ConfigError(f"{where}: [panel] tls_certificate and tls_key go together")
     worker = config.worker
     if worker.delivery_backend not in DELIVERY_BACKENDS:
         raise ConfigError(f"{where}: [worker] delivery_backend must be one of "

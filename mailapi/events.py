@@ -33,12 +33,15 @@ def record_event(connection: Connection, event: DeliveryEvent) -> None:
 
 
 def recent_events(connection: Connection, *, limit: int = 50, offset: int = 0,
-                  queue_id: int | None = None) -> list[DeliveryEvent]:
+                  queue_id: int | None = None,
+                  outcomes: tuple[str, ...] | None = None) -> list[DeliveryEvent]:
     e = delivery_events
     query = select(e.c.queue_id, e.c.message_id, e.c.recipient, e.c.outcome, e.c.smtp_code,
                    e.c.detail, e.c.at)
     if queue_id is not None:
         query = query.where(e.c.queue_id == queue_id)
+    if outcomes is not None:
+        query = query.where(e.c.outcome.in_(outcomes))
     rows = connection.execute(query.order_by(e.c.id.desc()).limit(limit).offset(offset))
     return [DeliveryEvent(*row) for row in rows]
 
@@ -49,3 +52,11 @@ def outcome_counts_since(connection: Connection, since: float) -> dict[str, int]
         select(e.c.outcome, func.count()).where(e.c.at >= since).group_by(e.c.outcome)
     )
     return {outcome: count for outcome, count in rows}
+
+
+def count_events(connection: Connection, *, outcomes: tuple[str, ...] | None = None) -> int:
+    e = delivery_events
+    query = select(func.count()).select_from(e)
+    if outcomes is not None:
+        query = query.where(e.c.outcome.in_(outcomes))
+    return int(connection.execute(query).scalar_one())

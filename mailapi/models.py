@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Float,
     Index,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -134,3 +136,71 @@ audit_log = Table(
     Column("detail", Text, nullable=True),
 )
 Index("ix_audit_log_at", audit_log.c.at)
+
+# Control panel administrators; passwords as argon2id hashes.
+admins = Table(
+    "admins",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("password_changed_at", Float, nullable=False),
+    Column("last_login_at", Float, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# Server-side panel sessions. The cookie carries the signed session id; the table holds
+# only its SHA-256, so a copy of the database does not hand out live sessions.
+panel_sessions = Table(
+    "panel_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("admin_id", Integer, nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("user_agent", String(255), nullable=False),
+    Column("flash", Text, nullable=True),
+)
+Index("ix_panel_sessions_admin", panel_sessions.c.admin_id)
+
+# The key that signs session cookies (one row); rotating it logs everyone out.
+panel_secret = Table(
+    "panel_secret",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("session_secret", String(128), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("rotated_at", Float, nullable=False),
+)
+
+# API keys for the admin JSON API: only a SHA-256 of the (high-entropy) key is kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("scope", String(16), nullable=False),  # read | admin
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# Failed logins per account ("user:NAME") and per address ("ip:ADDR").
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(160), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=False),
+)

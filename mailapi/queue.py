@@ -310,3 +310,10 @@ def list_messages(connection: Connection, *, state: str | None = None, limit: in
         query = query.where(q.c.state == state)
     rows = connection.execute(query.order_by(q.c.id).limit(limit).offset(offset))
     return [_queue_row(row) for row in rows]
+
+
+def oldest_waiting_since(connection: Connection) -> float | None:
+    """When the oldest message still waiting for delivery (queued or leased) was accepted."""
+    return connection.execute(
+        select(func.min(q.c.created_at)).where(q.c.state.in_((QUEUED, LEASED)))
+    ).scalar_one_or_none()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve
@@ -16,8 +18,12 @@ from mailapi.systemd import Notifier
 log = get_logger("mailapi.serving")
 
 
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
+def hypercorn_config(host: str, port: int, *, certfile: Path | None = None,
+                     keyfile: Path | None = None) -> HypercornConfig:
     config = HypercornConfig()
+    if certfile is not None and keyfile is not None:
+        config.certfile = str(certfile)
+        config.keyfile = str(keyfile)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.backlog = 1024
     config.accesslog = None
@@ -31,11 +37,19 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
     return config
 
 
-async def probe_http(host: str, port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
+async def probe_http(host: str, port: int, path: str = "/healthz", timeout: float = 2.0, *,
+                     tls: bool = False) -> bool:
     """True once a GET on our own port gets an HTTP answer: the server is really serving."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104
+    context: ssl.SSLContext | None = None
+    if tls:
+        # Our own certificate, reached by address: only "does it answer HTTP" matters here.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(target, port, ssl=context), timeout)
     except (OSError, TimeoutError):
         return False
     try:
@@ -59,6 +73,8 @@ async def run_http_service(
     notifier: Notifier,
     status: Callable[[], str],
     on_reload: Callable[[], Awaitable[None]] | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; READY=1 only after our own port answered a request."""
     stop = asyncio.Event()
@@ -69,10 +85,10 @@ async def run_http_service(
         reload_callback = on_reload
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(
             reload_callback, notifier)))
-    server = asyncio.create_task(serve(app, hypercorn_config(host, port),
-                                       shutdown_trigger=stop.wait))
+    config = hypercorn_config(host, port, certfile=certfile, keyfile=keyfile)
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     while not server.done():
-        if await probe_http(host, port):
+        if await probe_http(host, port, tls=certfile is not None):
             break
         await asyncio.sleep(0.05)
     if server.done():

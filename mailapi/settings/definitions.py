@@ -17,6 +17,7 @@ from mailapi.rendering.defaults import DEFAULT_TEMPLATES
 
 SMTP_SECURITY_MODES = ("plain", "starttls", "ssl")
 SMTP_SECURITY_PRESETS = {"plain": 25, "starttls": 587, "ssl": 465}
+MAILBOX_PROTOCOLS = ("imap", "imaps", "pop3", "pop3s")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _DOMAIN = re.compile(
@@ -174,6 +175,27 @@ class Settings:
                                            default=False)
     smtp_allow_plaintext_auth: bool = _meta("Allow AUTH over an unencrypted connection",
                                             default=False)
+    # Mailbox protocols (optional, separate from outbound delivery: stored and tested only)
+    imap_host: str = _meta("IMAP server host (optional)", default="", check=_check_host)
+    imap_port: int = _meta("IMAP port (143)", default=143, check=_range(1, 65535))
+    imap_starttls: bool = _meta("Require STARTTLS before LOGIN on IMAP", default=True)
+    imap_username: str = _meta("IMAP user name", default="")
+    imap_password: str = _meta("IMAP password", secret=True, default="")
+    imaps_host: str = _meta("IMAPS server host (optional)", default="", check=_check_host)
+    imaps_port: int = _meta("IMAPS port (993)", default=993, check=_range(1, 65535))
+    imaps_username: str = _meta("IMAPS user name", default="")
+    imaps_password: str = _meta("IMAPS password", secret=True, default="")
+    pop3_host: str = _meta("POP3 server host (optional)", default="", check=_check_host)
+    pop3_port: int = _meta("POP3 port (110)", default=110, check=_range(1, 65535))
+    pop3_starttls: bool = _meta("Require STLS before USER/PASS on POP3", default=True)
+    pop3_username: str = _meta("POP3 user name", default="")
+    pop3_password: str = _meta("POP3 password", secret=True, default="")
+    pop3s_host: str = _meta("POP3S server host (optional)", default="", check=_check_host)
+    pop3s_port: int = _meta("POP3S port (995)", default=995, check=_range(1, 65535))
+    pop3s_username: str = _meta("POP3S user name", default="")
+    pop3s_password: str = _meta("POP3S password", secret=True, default="")
+    mailbox_ignore_certificates: bool = _meta(
+        "Skip certificate verification in the mailbox-protocol tests (unsafe)", default=False)
     # Retry policy and lifetime
     retry_base_seconds: int = _meta("First retry delay; doubles per attempt", default=30,
                                     check=_range(1, 86_400))
