@@ -24,7 +24,10 @@ install: $(STAMP) ## create .venv with the project and its test tools (pinned)
 run: $(STAMP) ## migrate ./var and run receiver + worker on the development config
 	scripts/run-dev.sh $(DEV_CONFIG)
 
-test: $(STAMP) ## install and run the whole test suite
+TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d
+
+test: $(STAMP) ## install and run the whole test suite (installs Chromium and Dovecot)
+	scripts/ensure-apt.sh $(TEST_PACKAGES)
 	$(BIN)/python -m pytest tests
 
 test-unit: $(STAMP) ## only the fast unit tests

@@ -9,7 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; connect-src 'self'"
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; connect-src 'self'; "
+    "frame-src 'self'"
 )
 _HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
@@ -32,6 +33,9 @@ def host_name(host_header: str) -> str:
 
 class PanelSecurityMiddleware:
     """Refuse unknown Host headers (DNS rebinding); add the security headers everywhere.
+
+    A handler may set its own value for one of these headers (the sandboxed template preview
+    does); the middleware then leaves it alone.
 
     Every response except static files is `Cache-Control: no-store`: pages show queue
     contents and settings, which must not be kept by browsers or shared caches.
@@ -58,7 +62,9 @@ class PanelSecurityMiddleware:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in _HEADERS.items():
-                    headers[name] = value
+                    # A response may carry a stricter policy of its own (template previews).
+                    if name not in headers:
+                        headers[name] = value
                 headers["cache-control"] = ("public, max-age=3600" if static
                                             else "no-store")
                 if not static:
