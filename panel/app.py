@@ -17,13 +17,30 @@ from starlette.staticfiles import StaticFiles
 from mailapi.db import StorageError
 from mailapi.logging import get_logger
 from panel.auth import Forbidden, LoginRequired
-from panel.pages import access, api, dashboard, login, protocols, queue, settings
+from panel.views import (
+    admins,
+    api,
+    apikeys,
+    audit,
+    auth,
+    dashboard,
+    deliveries,
+    protocols,
+    queue,
+    sender,
+    settings,
+    smtp,
+    templates,
+)
 from panel.security import PanelSecurityMiddleware
 from panel.state import PanelState
 from panel.web import FormTooLarge, redirect, render, url
 
 log = get_logger("panel")
 STATIC = Path(__file__).parent / "static"
+# Each view module owns one area of the panel and exports its `routes`.
+VIEWS = (auth, dashboard, settings, smtp, sender, templates, protocols, admins, apikeys, queue,
+         deliveries, audit, api)
 
 
 def _wants_json(request: Request) -> bool:
@@ -98,13 +115,7 @@ def build_app(state: PanelState) -> Starlette:
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
-            *login.routes,
-            *dashboard.routes,
-            *settings.routes,
-            *protocols.routes,
-            *access.routes,
-            *queue.routes,
-            *api.routes,
+            *(route for view in VIEWS for route in view.routes),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(PanelSecurityMiddleware,

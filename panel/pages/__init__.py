@@ -1,1 +1,0 @@
-"""The panel's pages, one module per area; each exports `routes`."""

@@ -1,0 +1,1 @@
+"""The panel's views, one module per area; each exports `routes`."""
