@@ -17,6 +17,8 @@ from starlette.staticfiles import StaticFiles
 from mailapi.db import StorageError
 from mailapi.logging import get_logger
 from panel.auth import Forbidden, LoginRequired
+from panel.security import PanelSecurityMiddleware
+from panel.state import PanelState
 from panel.views import (
     admins,
     api,
@@ -32,8 +34,6 @@ from panel.views import (
     smtp,
     templates,
 )
-from panel.security import PanelSecurityMiddleware
-from panel.state import PanelState
 from panel.web import FormTooLarge, redirect, render, url
 
 log = get_logger("panel")
