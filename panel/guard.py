@@ -35,6 +35,8 @@ class TargetRefused(ValueError):
 def refused_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_loopback:
+        return None  # ::1 sits inside the reserved ::/8, but a local upstream is ordinary
     if address.is_unspecified:
         return "an unspecified address"
     if address.is_link_local:
