@@ -19,8 +19,11 @@ log = get_logger("mailapi.serving")
 
 
 def hypercorn_config(host: str, port: int, *, certfile: Path | None = None,
-                     keyfile: Path | None = None) -> HypercornConfig:
+                     keyfile: Path | None = None, root_path: str = "") -> HypercornConfig:
     config = HypercornConfig()
+    # Behind a proxy that publishes the app under a prefix and forwards it unchanged:
+    # routing strips it, URL building adds it.
+    config.root_path = root_path
     if certfile is not None and keyfile is not None:
         config.certfile = str(certfile)
         config.keyfile = str(keyfile)
@@ -75,6 +78,7 @@ async def run_http_service(
     on_reload: Callable[[], Awaitable[None]] | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    root_path: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT; READY=1 only after our own port answered a request."""
     stop = asyncio.Event()
@@ -85,7 +89,8 @@ async def run_http_service(
         reload_callback = on_reload
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(
             reload_callback, notifier)))
-    config = hypercorn_config(host, port, certfile=certfile, keyfile=keyfile)
+    config = hypercorn_config(host, port, certfile=certfile, keyfile=keyfile,
+                              root_path=root_path)
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     while not server.done():
         if await probe_http(host, port, tls=certfile is not None):

@@ -34,7 +34,7 @@ from panel.views import (
     smtp,
     templates,
 )
-from panel.web import FormTooLarge, redirect, render, url
+from panel.web import FormTooLarge, redirect, render, route_path, url
 
 log = get_logger("panel")
 STATIC = Path(__file__).parent / "static"
@@ -56,7 +56,7 @@ async def login_required(request: Request, exc: Exception) -> Response:
         return JSONResponse({"ok": False, "error": "authentication required: send "
                              "Authorization: Bearer <API key>"}, status_code=401,
                             headers={"WWW-Authenticate": 'Bearer realm="mail-api"'})
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = route_path(request) + (f"?{request.url.query}" if request.url.query else "")
     if request.method != "GET":
         target = "/"
     return redirect(request, "/login", next=target)

@@ -43,7 +43,7 @@ async def _serve(state: PanelState) -> None:
         await run_http_service(
             build_app(state), name="panel", host=panel.host, port=panel.port,
             notifier=Notifier(), status=lambda: "serving the control panel", on_reload=reload,
-            certfile=panel.tls_certificate, keyfile=panel.tls_key)
+            certfile=panel.tls_certificate, keyfile=panel.tls_key, root_path=panel.root_path)
     finally:
         housekeeping.cancel()
     state.engine.dispose()

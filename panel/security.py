@@ -56,7 +56,11 @@ class PanelSecurityMiddleware:
             await _plain(send, 421, "Misdirected request: this host name is not served here "
                          "(add it to [panel] allowed_hosts).\n")
             return
-        static = str(scope.get("path", "")).startswith(self.static_prefix)
+        path = str(scope.get("path", ""))
+        root = str(scope.get("root_path", ""))
+        if root and path.startswith(root + "/"):
+            path = path[len(root):]
+        static = path.startswith(self.static_prefix)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

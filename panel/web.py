@@ -106,6 +106,15 @@ def source_address(request: Request) -> str:
     return source
 
 
+def route_path(request: Request) -> str:
+    """The request path without the panel's prefix, as the routes see it."""
+    path = request.url.path
+    root = panel_state(request).root
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
 def url(request: Request, path: str, **query: Any) -> str:
     """An absolute path under the panel's prefix (the nginx location)."""
     target = panel_state(request).root + path

@@ -54,10 +54,12 @@ delivery_log = "log/delivery.log"
 class PanelClient:
     """A browser-like client: cookies, CSRF tokens read from the last page."""
 
-    def __init__(self, app: Any, *, base_url: str, peer: tuple[str, int]) -> None:
+    def __init__(self, app: Any, *, base_url: str, peer: tuple[str, int],
+                 root_path: str = "") -> None:
         self._runner = asyncio.Runner()
-        transport = httpx.ASGITransport(app=app, client=peer)
-        self.http = httpx.AsyncClient(transport=transport, base_url=base_url,
+        # Like a proxy that forwards the prefix unchanged: paths are given without it.
+        transport = httpx.ASGITransport(app=app, client=peer, root_path=root_path)
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url + root_path,
                                       follow_redirects=False)
         self.last_csrf = ""
 
@@ -110,7 +112,8 @@ class Panel:
 
     def client(self, *, base_url: str = "http://localhost",
                peer: tuple[str, int] = ("127.0.0.1", 40000)) -> PanelClient:
-        client = PanelClient(self.app, base_url=base_url, peer=peer)
+        client = PanelClient(self.app, base_url=base_url, peer=peer,
+                             root_path=self.config.panel.root_path)
         self._clients.append(client)
         return client
 
