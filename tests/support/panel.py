@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ class Clock:
         self.now += seconds
 
 
-def panel_config(directory: Path, extra: str = "") -> Config:
+def panel_config(directory: Path, extra: str = "", extra_sections: str = "") -> Config:
+    """A bootstrap file: `extra` goes into [panel], `extra_sections` (e.g. [smtp]) after it."""
     path = directory / "panel.toml"
     path.write_text(f"""
 [database]
@@ -47,6 +49,8 @@ delivery_log = "log/delivery.log"
 
 [panel]
 {extra}
+
+{extra_sections}
 """, encoding="utf-8")
     return load_config(path)
 
@@ -100,10 +104,11 @@ class PanelClient:
 class Panel:
     """One panel app over `engine`, with an injected clock and its own bootstrap config."""
 
-    def __init__(self, engine: Engine, directory: Path, *, extra_config: str = "") -> None:
+    def __init__(self, engine: Engine, directory: Path, *, extra_config: str = "",
+                 extra_sections: str = "") -> None:
         self.engine = engine
         self.clock = Clock()
-        self.config = panel_config(directory, extra_config)
+        self.config = panel_config(directory, extra_config, extra_sections)
         self.state = PanelState(engine=engine, config=self.config,
                                 settings=SettingsCache(engine, check_interval=0),
                                 clock=self.clock, monotonic=self.clock)
@@ -138,3 +143,61 @@ class Panel:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+class _FormReader(HTMLParser):
+    """The fields one <form> would submit as shown: what a browser sends on "submit"."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.action = action
+        self.inside = False
+        self.fields: dict[str, str] = {}
+        self._textarea: str | None = None
+        self._select: str | None = None
+        self._first_option: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        if tag == "form":
+            self.inside = values.get("action", "") == self.action
+        if not self.inside:
+            return
+        name = values.get("name", "")
+        if tag == "input" and name and values.get("type", "text") not in ("submit", "button"):
+            if values.get("type") in ("checkbox", "radio") and "checked" not in values:
+                return
+            self.fields[name] = values.get("value", "on" if values.get("type") in (
+                "checkbox", "radio") else "")
+        elif tag == "textarea" and name:
+            self._textarea = name
+            self.fields[name] = ""
+        elif tag == "select" and name:
+            self._select = name
+        elif tag == "option" and self._select:
+            self._first_option.setdefault(self._select, values.get("value", ""))
+            if "selected" in values:
+                self.fields[self._select] = values.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        elif tag == "textarea" and self._textarea:
+            # Browsers drop one newline right after <textarea>.
+            self.fields[self._textarea] = self.fields[self._textarea].removeprefix("\n")
+            self._textarea = None
+        elif tag == "select" and self._select:
+            self.fields.setdefault(self._select, self._first_option.get(self._select, ""))
+            self._select = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea:
+            self.fields[self._textarea] += data
+
+
+def form_fields(page: str, action: str) -> dict[str, str]:
+    """The name/value pairs the form posting to `action` on `page` would send unchanged."""
+    reader = _FormReader(action)
+    reader.feed(page)
+    reader.close()
+    return reader.fields
