@@ -8,6 +8,7 @@ random strings, so a SHA-256 of the key is enough to store and look them up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 import secrets
@@ -21,16 +22,22 @@ from sqlalchemy import ColumnElement, Connection, func, select, update
 from mailapi import audit
 from mailapi.models import admins, api_keys, panel_sessions
 
-USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 API_KEY_PREFIX = "mk_"
 SCOPES = ("read", "admin")
 
 _hasher = PasswordHasher()
-# Verified against when the user is unknown or disabled, so that path costs the same time
-# as a wrong password for a real user.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user is unknown, so that path costs the same time as a
+    wrong password for a real user. Made on first use: hashing at import would slow every
+    process and CLI command that imports this module."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -63,9 +70,15 @@ class ApiKey:
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
+    def state(self, now: float) -> str:
+        """active | expired | revoked, as the panel and the CLI show it."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.usable(now) else "expired"
+
 
 def check_username(username: str) -> str:
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise AccountError("user name: 1 to 64 characters, letters, digits and . _ @ -, "
                            "starting with a letter or digit")
     return username
@@ -111,14 +124,36 @@ def count_active_admins(connection: Connection) -> int:
                                   .where(admins.c.disabled.is_(False))).scalar_one())
 
 
-def create_admin(connection: Connection, username: str, password: str, *, actor: str,
-                 source: str, now: float) -> Admin:
+@dataclass(frozen=True)
+class HashedPassword:
+    """A new password already checked and hashed, so the slow argon2 step can run before
+    the write transaction instead of holding the database's write lock for it."""
+
+    hash: str
+
+    @classmethod
+    def prepare(cls, password: str, username: str) -> HashedPassword:
+        check_password(password, username)
+        return cls(hash_password(password))
+
+
+def _hashed(password: str | HashedPassword, username: str) -> str:
+    if isinstance(password, HashedPassword):
+        return password.hash
+    return HashedPassword.prepare(password, username).hash
+
+
+def create_admin(connection: Connection, username: str, password: str | HashedPassword, *,
+                 actor: str, source: str, now: float) -> Admin:
     check_username(username)
-    check_password(password, username)
-    if find_admin(connection, username) is not None:
-        raise AccountError(f"an admin named {username!r} already exists")
+    password_hash = _hashed(password, username)
+    # Names differing only in case would read as the same person in the audit log.
+    taken = connection.execute(select(admins.c.username).where(
+        func.lower(admins.c.username) == username.lower())).scalar()
+    if taken is not None:
+        raise AccountError(f"an admin named {taken!r} already exists")
     result = connection.execute(admins.insert().values(
-        username=username, password_hash=hash_password(password), disabled=False,
+        username=username, password_hash=password_hash, disabled=False,
         created_at=now, created_by=actor[:128], password_changed_at=now))
     admin_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     audit.record(connection, actor=actor, action="admin.created", target=username,
@@ -128,13 +163,13 @@ def create_admin(connection: Connection, username: str, password: str, *, actor:
     return admin
 
 
-def set_password(connection: Connection, admin_id: int, password: str, *, actor: str,
-                 source: str, now: float) -> int:
+def set_password(connection: Connection, admin_id: int, password: str | HashedPassword, *,
+                 actor: str, source: str, now: float) -> int:
     """Change a password and end every session of that admin; returns sessions ended."""
     admin = _existing(connection, admin_id)
-    check_password(password, admin.username)
+    password_hash = _hashed(password, admin.username)
     connection.execute(update(admins).where(admins.c.id == admin_id).values(
-        password_hash=hash_password(password), password_changed_at=now))
+        password_hash=password_hash, password_changed_at=now))
     ended = end_sessions_of(connection, admin_id)
     audit.record(connection, actor=actor, action="admin.password_reset", target=admin.username,
                  source=source, detail=f"{ended} session(s) ended", at=now)
@@ -145,7 +180,9 @@ def set_disabled(connection: Connection, admin_id: int, disabled: bool, *, actor
                  source: str, now: float) -> Admin:
     """Disable (ending its sessions) or enable an admin; the last active one stays active."""
     admin = _existing(connection, admin_id)
-    if disabled and not admin.disabled and count_active_admins(connection) <= 1:
+    if admin.disabled == disabled:
+        return admin  # a repeated click or a replayed form: nothing to change or audit
+    if disabled and count_active_admins(connection) <= 1:
         raise AccountError(f"{admin.username} is the last active admin and cannot be "
                            "disabled; create or enable another admin first")
     connection.execute(update(admins).where(admins.c.id == admin_id).values(disabled=disabled))
@@ -180,7 +217,7 @@ def verify_login(connection: Connection, username: str, password: str) -> Admin 
     """
     row = connection.execute(select(admins.c.id, admins.c.password_hash, admins.c.disabled)
                              .where(admins.c.username == username)).first()
-    stored = _DUMMY_HASH if row is None else str(row[1])
+    stored = _dummy_hash() if row is None else str(row[1])
     try:
         _hasher.verify(stored, password[:MAX_PASSWORD_LENGTH])
         matched = row is not None
@@ -194,7 +231,7 @@ def verify_login(connection: Connection, username: str, password: str) -> Admin 
 def burn_verification_time(password: str) -> None:
     """Spend what a login check costs, for refusals decided before the check (throttled)."""
     with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
-        _hasher.verify(_DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])
+        _hasher.verify(_dummy_hash(), password[:MAX_PASSWORD_LENGTH])
 
 
 def record_login(connection: Connection, admin_id: int, *, now: float) -> None:
@@ -227,7 +264,9 @@ def create_api_key(connection: Connection, name: str, scope: str, *, expires_at:
                    actor: str, source: str, now: float) -> tuple[ApiKey, str]:
     """A new key; the plain key is returned once and never stored."""
     name = name.strip()
-    if not name or len(name) > 128 or any(ord(ch) < 0x20 for ch in name):
+    # isprintable() also refuses DEL, C1 controls and bidi overrides that could disguise a
+    # name in the tables and the audit log.
+    if not name or len(name) > 128 or not name.isprintable():
         raise AccountError("name: 1 to 128 printable characters")
     if scope not in SCOPES:
         raise AccountError(f"scope: must be one of {', '.join(SCOPES)}")

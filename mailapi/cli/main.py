@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mailapi.cli import database, queue, settings, status, webhook
+from mailapi.accounts import AccountError
+from mailapi.cli import admin, database, queue, settings, status, webhook
 from mailapi.config import ConfigError, load_config
 from mailapi.db import StorageError
 from mailapi.schema import SchemaNotCurrent
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(groups)
     webhook.register(groups)
     status.register(groups)
+    admin.register(groups)
     return parser
 
 
@@ -31,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = load_config(arguments.config)
         code = arguments.handler(config, arguments)
-    except (ConfigError, StorageError, SchemaNotCurrent, SettingsError) as exc:
+    except (AccountError, ConfigError, StorageError, SchemaNotCurrent, SettingsError) as exc:
         print(f"mailapi: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code)
