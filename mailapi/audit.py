@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from mailapi.models import audit_log
 
@@ -30,3 +31,48 @@ def record(
             detail=None if detail is None else detail[:2000],
         )
     )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    source: str
+    detail: str | None
+
+
+def _matching(actor_contains: str | None, action: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if actor_contains:
+        conditions.append(audit_log.c.actor.contains(actor_contains, autoescape=True))
+    if action:
+        conditions.append(audit_log.c.action == action)
+    return conditions
+
+
+def list_audit(connection: Connection, *, limit: int = 50, offset: int = 0,
+               actor_contains: str | None = None, action: str | None = None
+               ) -> list[AuditEntry]:
+    """Entries newest first, optionally by actor (substring) and action (exact)."""
+    a = audit_log.c
+    rows = connection.execute(
+        select(a.id, a.at, a.actor, a.action, a.target, a.source, a.detail)
+        .where(*_matching(actor_contains, action))
+        .order_by(a.at.desc(), a.id.desc()).limit(limit).offset(offset))
+    return [AuditEntry(*row) for row in rows]
+
+
+def count_audit(connection: Connection, *, actor_contains: str | None = None,
+                action: str | None = None) -> int:
+    query = select(func.count()).select_from(audit_log).where(
+        *_matching(actor_contains, action))
+    return int(connection.execute(query).scalar_one())
+
+
+def audit_actions(connection: Connection) -> list[str]:
+    """The distinct actions recorded so far, for a filter list."""
+    return list(connection.execute(
+        select(audit_log.c.action).distinct().order_by(audit_log.c.action)).scalars())

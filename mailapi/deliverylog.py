@@ -52,7 +52,10 @@ class DeliveryLog:
         lines: list[str] = []
         for candidate in (self.rotated_path, self.path):
             try:
-                lines.extend(candidate.read_text(encoding="utf-8", errors="replace").splitlines())
+                # Only "\n" ends a record: str.splitlines() would also split on U+2028 and
+                # friends inside a JSON string.
+                text = candidate.read_text(encoding="utf-8", errors="replace")
+                lines.extend(line for line in text.split("\n") if line)
             except FileNotFoundError:
                 continue
         lines.reverse()

@@ -12,6 +12,9 @@ DELIVERED = "delivered"
 DEFERRED = "deferred"
 FAILED = "failed"
 PAUSED = "paused"
+OUTCOMES = (DELIVERED, DEFERRED, FAILED, PAUSED)
+# Every outcome that is not a delivery: what "errors" means on the dashboard and panel.
+ERROR_OUTCOMES = (DEFERRED, FAILED, PAUSED)
 
 
 @dataclass(frozen=True)

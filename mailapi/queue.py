@@ -303,13 +303,44 @@ def get_message(connection: Connection, queue_id: int) -> QueueRow | None:
     return _queue_row(row) if row is not None else None
 
 
-def list_messages(connection: Connection, *, state: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[QueueRow]:
-    query = select(*_ROW_COLUMNS)
+def _matching(state: str | None, recipient_contains: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
     if state is not None:
-        query = query.where(q.c.state == state)
-    rows = connection.execute(query.order_by(q.c.id).limit(limit).offset(offset))
+        conditions.append(q.c.state == state)
+    if recipient_contains:
+        # LIKE with % and _ escaped: the text is matched literally (ASCII case-insensitive).
+        conditions.append(q.c.recipient.contains(recipient_contains, autoescape=True))
+    return conditions
+
+
+def list_messages(connection: Connection, *, state: str | None = None, limit: int = 50,
+                  offset: int = 0, recipient_contains: str | None = None,
+                  newest_first: bool = False) -> list[QueueRow]:
+    query = select(*_ROW_COLUMNS).where(*_matching(state, recipient_contains))
+    order = q.c.id.desc() if newest_first else q.c.id
+    rows = connection.execute(query.order_by(order).limit(limit).offset(offset))
     return [_queue_row(row) for row in rows]
+
+
+def count_messages(connection: Connection, *, state: str | None = None,
+                   recipient_contains: str | None = None) -> int:
+    """How many rows list_messages would page through with the same filters."""
+    query = select(func.count()).select_from(q).where(*_matching(state, recipient_contains))
+    return int(connection.execute(query).scalar_one())
+
+
+def expedite(connection: Connection, queue_id: int, *, now: float,
+             max_age_seconds: float) -> bool:
+    """Make a queued message that is waiting out a retry delay due now (failed ones: retry).
+
+    Like retry, it refuses a message whose token or maximum age has run out.
+    """
+    result = connection.execute(
+        update(q).where(q.c.id == queue_id, q.c.state == QUEUED, q.c.expires_at > now,
+                        q.c.created_at > now - max_age_seconds)
+        .values(next_attempt_at=func.min(q.c.next_attempt_at, now), updated_at=now)
+    )
+    return result.rowcount == 1
 
 
 def oldest_waiting_since(connection: Connection) -> float | None:

@@ -56,3 +56,10 @@ def test_details_are_bounded(tmp_path: Path) -> None:
     write(log, 1, detail="z" * 10_000)
     record = json.loads((tmp_path / "delivery.log").read_text())
     assert len(record["detail"]) == 500
+
+
+def test_a_line_separator_inside_a_field_does_not_split_the_entry(tmp_path: Path) -> None:
+    log = DeliveryLog(tmp_path / "delivery.log", 5 * 1024 * 1024)
+    (tmp_path / "delivery.log").write_text(
+        '{"outcome": "failed", "detail": "550 no\u2028such user"}\n', encoding="utf-8")
+    assert log.read_newest_first() == [{"outcome": "failed", "detail": "550 no\u2028such user"}]
