@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv with the project and its test tools (pinned)
 
-run: $(STAMP) ## migrate ./var and run receiver + worker on the development config
+run: $(STAMP) ## migrate ./var and run receiver, worker and panel on the development config
 	scripts/run-dev.sh $(DEV_CONFIG)
 
 TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d

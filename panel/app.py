@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from mailapi.db import StorageError
 from mailapi.logging import get_logger
 from panel.auth import Forbidden, LoginRequired
-from panel.security import PanelSecurityMiddleware
+from panel.security import PanelSecurityMiddleware, security_headers
 from panel.state import PanelState
 from panel.views import (
     admins,
@@ -100,10 +100,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def server_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", path=request.url.path, error=repr(exc))
+    # Starlette sends this response from outside the middleware stack, so the security
+    # headers are added here.
     if _wants_json(request):
-        return JSONResponse({"ok": False, "error": "internal error"}, status_code=500)
+        return JSONResponse({"ok": False, "error": "internal error"}, status_code=500,
+                            headers=security_headers())
     return Response("Internal error: the panel logged the details.\n", status_code=500,
-                    media_type="text/plain")
+                    media_type="text/plain", headers=security_headers())
 
 
 def build_app(state: PanelState) -> Starlette:

@@ -16,11 +16,18 @@ _HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not no-referrer: under that policy browsers send `Origin: null` on the panel's own form
+    # posts, which the origin check must refuse. same-origin still tells other sites nothing.
+    "referrer-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
+
+
+def security_headers() -> dict[str, str]:
+    """The headers for a response sent outside the middleware (Starlette's 500 handler)."""
+    return {**_HEADERS, "cache-control": "no-store", "pragma": "no-cache"}
 
 
 def host_name(host_header: str) -> str:

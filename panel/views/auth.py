@@ -80,6 +80,10 @@ async def login(request: Request) -> Response:
         return await _login_page(request, error=FAILURE, username=username, status_code=401)
 
     def open_session(connection: Connection) -> str:
+        # A login replaces the session the browser already holds: the old id stops working.
+        previous = sessions.load(connection, request.cookies.get(sessions.COOKIE), now=now)
+        if previous is not None:
+            sessions.end(connection, previous.id_hash)
         throttle.record_success(connection, username)
         accounts.record_login(connection, admin.id, now=now)
         audit.record(connection, actor=admin.username, action="admin.login",

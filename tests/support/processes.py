@@ -20,7 +20,11 @@ from mailapi.signatures import sign
 BIN = Path(sys.executable).parent
 
 
-def write_config(directory: Path, *, receiver_port: int, extra: str = "") -> Path:
+def write_config(directory: Path, *, receiver_port: int, extra: str = "",
+                 panel_port: int | None = None, panel_extra: str = "") -> Path:
+    """`panel_port` adds a loopback [panel] section; `panel_extra` holds more of its lines."""
+    panel = (f'\n[panel]\nhost = "127.0.0.1"\nport = {panel_port}\n{panel_extra}\n'
+             if panel_port is not None else "")
     path = directory / "mail-api.toml"
     path.write_text(
         f"""
@@ -36,7 +40,7 @@ port = {receiver_port}
 format = "json"
 delivery_log = "log/delivery.log"
 {extra}
-""",
+{panel}""",
         encoding="utf-8",
     )
     return path
@@ -78,6 +82,7 @@ class Suite:
     receiver_port: int
     secret: str
     daemons: list[Daemon] = field(default_factory=list)
+    panel_port: int | None = None
 
     def start(self, name: str, *args: str) -> Daemon:
         log_path = self.config.parent / f"{name}-{len(self.daemons)}.log"
@@ -93,6 +98,17 @@ class Suite:
         daemon = self.start("receiver")
         wait_http(f"http://127.0.0.1:{self.receiver_port}/healthz", daemon)
         return daemon
+
+    def start_panel(self) -> Daemon:
+        """mailapi-panel on the config's panel port, once /healthz answers."""
+        assert self.panel_port is not None, "write_config(panel_port=...) first"
+        daemon = self.start("panel")
+        wait_http(f"{self.panel_url}/healthz", daemon)
+        return daemon
+
+    @property
+    def panel_url(self) -> str:
+        return f"http://127.0.0.1:{self.panel_port}"
 
     def stop_all(self) -> None:
         for daemon in self.daemons:
