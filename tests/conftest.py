@@ -11,6 +11,7 @@ import trustme
 from sqlalchemy import Engine
 
 from tests.support.database import migrated_engine
+from tests.support.dovecot import dovecot  # noqa: F401 - the session fixture, shared
 from tests.support.ports import free_port
 from tests.support.smtpd import SmtpServer
 
