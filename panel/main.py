@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 
 from mailapi.bootstrap import start_daemon
-from mailapi.db import StorageError, write_transaction
-from mailapi.heartbeat import beat
-from mailapi.logging import get_logger, set_level
+from mailapi.db import write_transaction
+from mailapi.heartbeat import keep_beating
+from mailapi.logging import get_logger
 from mailapi.serving import run_http_service
 from mailapi.settings import SettingsCache
 from mailapi.systemd import Notifier
@@ -18,7 +18,6 @@ from panel.app import build_app
 from panel.state import PanelState
 
 log = get_logger("panel")
-HEARTBEAT_SECONDS = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,8 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(state: PanelState) -> None:
-    started_at = time.time()
-    housekeeping = asyncio.create_task(_housekeeping(state, started_at))
+    housekeeping = asyncio.create_task(keep_beating(
+        state.engine, state.settings, process="panel", status=lambda: "serving",
+        also=lambda: _prune(state)))
     panel = state.config.panel
 
     async def reload() -> None:
@@ -48,24 +48,6 @@ async def _serve(state: PanelState) -> None:
         housekeeping.cancel()
     state.engine.dispose()
     log.info("stopped")
-
-
-async def _housekeeping(state: PanelState, started_at: float) -> None:
-    """Heartbeat, log level from the settings, and pruning of ended sessions."""
-    level = ""
-    while True:
-        try:
-            settings = await asyncio.to_thread(state.settings.get)
-            if settings.log_level != level:
-                level = settings.log_level
-                set_level(level)
-            await asyncio.to_thread(beat, state.engine, process="panel",
-                                    started_at=started_at, now=time.time(),
-                                    status="serving")
-            await asyncio.to_thread(_prune, state)
-        except StorageError as exc:
-            log.warning("housekeeping skipped", error=str(exc))
-        await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
 def _prune(state: PanelState) -> None:

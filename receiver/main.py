@@ -8,10 +8,9 @@ import time
 from collections.abc import Sequence
 
 from mailapi.bootstrap import start_daemon
-from mailapi.db import StorageError
-from mailapi.heartbeat import beat
+from mailapi.heartbeat import keep_beating
 from mailapi.intake import RendererCache
-from mailapi.logging import get_logger, set_level
+from mailapi.logging import get_logger
 from mailapi.ratelimit import RateLimiter
 from mailapi.serving import run_http_service
 from mailapi.settings import SettingsCache
@@ -21,7 +20,6 @@ from receiver.groupcommit import GroupCommitter
 from receiver.state import ReceiverState
 
 log = get_logger("receiver")
-HEARTBEAT_SECONDS = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,8 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(state: ReceiverState, host: str, port: int) -> None:
-    started_at = time.time()
-    heartbeat = asyncio.create_task(_heartbeat(state, started_at))
+    heartbeat = asyncio.create_task(keep_beating(
+        state.engine, state.settings, process="receiver",
+        status=lambda: f"accepted {state.committer.rows}"))
 
     def status() -> str:
         return f"accepted {state.committer.rows} messages in {state.committer.batches} commits"
@@ -63,19 +62,3 @@ async def _serve(state: ReceiverState, host: str, port: int) -> None:
         heartbeat.cancel()
     state.engine.dispose()
     log.info("stopped")
-
-
-async def _heartbeat(state: ReceiverState, started_at: float) -> None:
-    level = ""
-    while True:
-        try:
-            settings = await asyncio.to_thread(state.settings.get)
-            if settings.log_level != level:
-                level = settings.log_level
-                set_level(level)
-            await asyncio.to_thread(beat, state.engine, process="receiver",
-                                    started_at=started_at, now=time.time(),
-                                    status=f"accepted {state.committer.rows}")
-        except StorageError as exc:
-            log.warning("heartbeat not written", error=str(exc))
-        await asyncio.sleep(HEARTBEAT_SECONDS)
