@@ -99,6 +99,13 @@ class Worker:
         # Connect, TLS, EHLO, AUTH, MAIL, RCPT and DATA each using the whole timeout.
         return 7.0 * settings.smtp_timeout
 
+    def longest_pass_seconds(self) -> float:
+        """How long one delivery pass may legitimately take (its lease), for the watchdog."""
+        try:
+            return self._lease_seconds(self.settings.get())
+        except StorageError:
+            return self.options.lease_seconds
+
     def _lease_seconds(self, settings: Settings) -> float:
         # At least two worst-case messages: sessions stop starting messages one worst case
         # before the lease ends, so a slow upstream never outlives the lease.

@@ -65,7 +65,10 @@ async def _run(worker: Worker, poll_seconds: float) -> None:
     notifier = Notifier()
     watcher = DatabaseWatcher(worker.engine, poll_seconds)
     started_at = time.time()
-    deliver = asyncio.create_task(_deliver_forever(worker, watcher, notifier, started_at))
+    progress = Progress()
+    deliver = asyncio.create_task(_deliver_forever(worker, watcher, notifier, started_at,
+                                                   progress))
+    watchdog = asyncio.create_task(_watchdog(worker, notifier, progress))
     notifier.ready("delivering")
     log.info("worker ready", backend="file" if worker.options.file_outbox else "smtp",
              sessions=worker.options.sessions)
@@ -80,18 +83,41 @@ async def _run(worker: Worker, poll_seconds: float) -> None:
     except TimeoutError:
         deliver.cancel()
         await asyncio.gather(deliver, return_exceptions=True)
+    watchdog.cancel()
     await worker.close()
     watcher.close()
     log.info("stopped", delivered=worker.stats.delivered)
 
 
+class Progress:
+    """When the delivery loop last started a pass (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+
+async def _watchdog(worker: Worker, notifier: Notifier, progress: Progress) -> None:
+    """Ping systemd's watchdog while the event loop runs and no pass outlives its lease.
+
+    A pass waiting on a slow upstream legitimately takes up to the lease; past that the loop
+    is wedged, the pings stop and systemd restarts the worker (the lease lets another
+    worker pick the messages up).
+    """
+    if notifier.watchdog_interval is None:
+        return
+    while True:
+        if time.monotonic() - progress.at < worker.longest_pass_seconds():
+            notifier.watchdog()
+        await asyncio.sleep(min(1.0, notifier.watchdog_interval))
+
+
 async def _deliver_forever(worker: Worker, watcher: DatabaseWatcher, notifier: Notifier,
-                           started_at: float) -> None:
+                           started_at: float, progress: Progress) -> None:
     last_beat = float("-inf")
     level = ""
     backoff = 0.05
     while not worker.stopping.is_set():
-        notifier.watchdog()
+        progress.at = time.monotonic()
         try:
             claimed = await worker.run_once()
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
