@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from sqlalchemy import Engine
 
-from mailapi.config import Config, ConfigError, load_config
+from mailapi.config import Config, ConfigError, load_config, secret_overrides
 from mailapi.db import Durability, StorageError, integrity_check, open_engine
 from mailapi.logging import configure_logging, get_logger
 from mailapi.schema import SchemaNotCurrent, ensure_current
@@ -24,6 +24,8 @@ class Startup:
     config: Config
     engine: Engine
     arguments: argparse.Namespace
+    # Settings this process takes from the bootstrap config's secret files.
+    secret_overrides: dict[str, str]
 
 
 def fatal(process: str, message: str) -> NoReturn:
@@ -38,8 +40,8 @@ def _stop_during_startup(signum: int, frame: object) -> None:
 
 
 def start_daemon(process: str, argv: Sequence[str] | None, *, durability: Durability,
-                 description: str, extra: Sequence[tuple[str, dict[str, object]]] = ()
-                 ) -> Startup:
+                 description: str, extra: Sequence[tuple[str, dict[str, object]]] = (),
+                 secrets: tuple[str, ...] = ()) -> Startup:
     signal.signal(signal.SIGTERM, _stop_during_startup)
     parser = argparse.ArgumentParser(prog=f"mailapi-{process}", description=description)
     parser.add_argument("--config", required=True, help="path of the bootstrap TOML file")
@@ -48,6 +50,7 @@ def start_daemon(process: str, argv: Sequence[str] | None, *, durability: Durabi
     arguments = parser.parse_args(argv)
     try:
         config = load_config(arguments.config)
+        overrides = secret_overrides(config, secrets)
     except ConfigError as exc:
         fatal(process, str(exc))
     configure_logging(level=config.logging.level, format=config.logging.format,
@@ -64,4 +67,4 @@ def start_daemon(process: str, argv: Sequence[str] | None, *, durability: Durabi
         fatal(process, str(exc))
     get_logger(process).info("starting", config=str(config.path),
                              database=str(config.database.path))
-    return Startup(config, engine, arguments)
+    return Startup(config, engine, arguments, overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -84,6 +85,19 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    """Secrets kept out of the database and the environment, read from files at start.
+
+    A path may be written `credential:NAME`: the file NAME in the directory systemd's
+    `LoadCredential=` provides ($CREDENTIALS_DIRECTORY). A secret given here overrides the
+    database setting of the same name in the processes that use it.
+    """
+
+    webhook_secret_file: Path | None = None
+    smtp_password_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     database: DatabaseConfig
@@ -92,6 +106,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -109,7 +124,7 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(raw: dict[str, Any], config_path: Path) -> Config:
-    known = {"database", "receiver", "panel", "worker", "logging", "smtp"}
+    known = {"database", "receiver", "panel", "worker", "logging", "smtp", "secrets"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{config_path}: unknown section(s): {', '.join(sorted(unknown))}")
@@ -126,7 +141,9 @@ def parse_config(raw: dict[str, Any], config_path: Path) -> Config:
     logging = _build(LoggingConfig, _section(raw, "logging", config_path), "logging",
                      config_path, base)
     smtp = _build(SmtpConfig, _section(raw, "smtp", config_path), "smtp", config_path, base)
-    config = Config(config_path, database, receiver, panel, worker, logging, smtp)
+    secrets = _build(SecretsConfig, _section(raw, "secrets", config_path), "secrets",
+                     config_path, base)
+    config = Config(config_path, database, receiver, panel, worker, logging, smtp, secrets)
     _validate(config)
     return config
 
@@ -152,7 +169,10 @@ def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, ba
         if "Path" in expected:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty path string")
-            converted[key] = (base / Path(value).expanduser()).resolve()
+            if value.startswith("credential:"):
+                converted[key] = _credential_path(value.removeprefix("credential:"), where)
+            else:
+                converted[key] = (base / Path(value).expanduser()).resolve()
         elif expected == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false")
@@ -177,6 +197,39 @@ def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, ba
         else:  # pragma: no cover - a new field type without a converter
             raise ConfigError(f"{where}: unsupported type {expected}")
     return cls(**converted)
+
+
+def _credential_path(name: str, where: str) -> Path:
+    """A file systemd's LoadCredential= put in $CREDENTIALS_DIRECTORY for this process."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{where}: credential:NAME needs a plain credential name")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(f"{where} names credential {name!r}, but $CREDENTIALS_DIRECTORY is "
+                          "not set: run under systemd with LoadCredential=, or give a path")
+    return Path(directory) / name
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """The secret in `path` (one trailing newline stripped); ConfigError if unusable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the {setting} file {path}: {exc}") from exc
+    secret = text[:-1] if text.endswith("\n") else text
+    if not secret or "\n" in secret or "\r" in secret:
+        raise ConfigError(f"the {setting} file {path} must hold one non-empty line")
+    return secret
+
+
+def secret_overrides(config: Config, settings: tuple[str, ...]) -> dict[str, str]:
+    """The file-provided values of `settings` (names like "smtp_password") that are set."""
+    overrides = {}
+    for setting in settings:
+        path = getattr(config.secrets, f"{setting}_file")
+        if path is not None:
+            overrides[setting] = read_secret_file(path, setting)
+    return overrides
 
 
 def _validate(config: Config) -> None:

@@ -22,10 +22,11 @@ log = get_logger("panel")
 
 def main(argv: Sequence[str] | None = None) -> None:
     startup = start_daemon("panel", argv, durability="NORMAL",
-                           description="MAIL_API control panel")
-    state = PanelState(engine=startup.engine, config=startup.config,
-                       settings=SettingsCache(startup.engine), clock=time.time,
-                       monotonic=time.monotonic)
+                           description="MAIL_API control panel",
+                           secrets=("smtp_password", "webhook_secret"))
+    settings = SettingsCache(startup.engine, overrides=startup.secret_overrides)
+    state = PanelState(engine=startup.engine, config=startup.config, settings=settings,
+                       clock=time.time, monotonic=time.monotonic)
     asyncio.run(_serve(state))
 
 

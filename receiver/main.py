@@ -24,12 +24,13 @@ log = get_logger("receiver")
 
 def main(argv: Sequence[str] | None = None) -> None:
     startup = start_daemon("receiver", argv, durability="FULL",
-                           description="MAIL_API webhook receiver")
+                           description="MAIL_API webhook receiver",
+                           secrets=("webhook_secret",))
     config = startup.config
     engine = startup.engine
     state = ReceiverState(
         engine=engine,
-        settings=SettingsCache(engine),
+        settings=SettingsCache(engine, overrides=startup.secret_overrides),
         renderers=RendererCache(),
         committer=GroupCommitter(engine, time.time),
         rate_limiter=RateLimiter(time.monotonic),

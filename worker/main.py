@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     startup = start_daemon(
         "worker", argv, durability="NORMAL", description="MAIL_API delivery worker",
         extra=[("--once", {"action": "store_true",
-                           "help": "deliver what is due once, then exit"})])
+                           "help": "deliver what is due once, then exit"})],
+        secrets=("smtp_password",))
     config = startup.config
     options = WorkerOptions(
         sessions=config.worker.sessions, batch_size=config.worker.batch_size,
@@ -39,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     delivery_log = (DeliveryLog(config.logging.delivery_log, config.logging.delivery_log_max_bytes)
                     if config.logging.delivery_log else None)
-    worker = Worker(startup.engine, SettingsCache(startup.engine), options,
-                    delivery_log=delivery_log)
+    settings = SettingsCache(startup.engine, overrides=startup.secret_overrides)
+    worker = Worker(startup.engine, settings, options, delivery_log=delivery_log)
     gc.collect()
     gc.freeze()  # long-lived start-up objects stay out of full collections
     if startup.arguments.once:

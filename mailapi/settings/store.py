@@ -104,8 +104,11 @@ class SettingsCache:
     """
 
     def __init__(self, engine: Engine, *, check_interval: float = 0.25,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 overrides: Mapping[str, Any] | None = None) -> None:
         self._engine = engine
+        # Values from the bootstrap config's secret files: they win over the database.
+        self.overrides = dict(overrides or {})
         self._check_interval = check_interval
         self._monotonic = monotonic
         self._snapshot: Settings | None = None
@@ -117,7 +120,9 @@ class SettingsCache:
             return self._snapshot
         with read_transaction(self._engine) as connection:
             if self._snapshot is None or read_revision(connection) != self._snapshot.revision:
-                self._snapshot = load_settings(connection)
+                loaded = load_settings(connection)
+                self._snapshot = (dataclasses.replace(loaded, **self.overrides)
+                                  if self.overrides else loaded)
         self._checked_at = now
         return self._snapshot
 

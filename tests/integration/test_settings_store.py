@@ -23,6 +23,7 @@ from mailapi.settings import (
     save_settings,
 )
 from mailapi.settings.store import MASK
+from tests.support.database import configure
 
 SECRET = "s3cr3t-Value-Nobody-Should-See"
 
@@ -227,3 +228,12 @@ def test_the_audit_row_count_matches_changes(engine: Engine) -> None:
         count = connection.execute(select(func.count()).select_from(audit_log)).scalar_one()
     assert count == 3
     assert current(engine).revision == 3
+
+
+def test_cache_overrides_win_over_the_database(engine: Engine) -> None:
+    configure(engine, smtp_password="from-the-database", smtp_host="smtp.example.org")
+    cache = SettingsCache(engine, check_interval=0, overrides={"smtp_password": "from-a-file"})
+    assert cache.get().smtp_password == "from-a-file"
+    configure(engine, smtp_host="other.example.org")  # a later revision keeps the override
+    assert (cache.get().smtp_host, cache.get().smtp_password) == ("other.example.org",
+                                                                  "from-a-file")
