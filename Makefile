@@ -24,7 +24,7 @@ install: $(STAMP) ## create .venv with the project and its test tools (pinned)
 run: $(STAMP) ## migrate ./var and run receiver, worker and panel on the development config
 	scripts/run-dev.sh $(DEV_CONFIG)
 
-TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d
+TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d nginx postfix systemd
 
 test: $(STAMP) ## install and run the whole test suite (installs Chromium and Dovecot)
 	scripts/ensure-apt.sh $(TEST_PACKAGES)
