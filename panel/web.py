@@ -211,6 +211,8 @@ def render(request: Request, template: str, context: Mapping[str, Any] | None = 
         "duration": duration,
         "title": title,
         "scope": getattr(request.state, "scope_name", None),
+        # Settings this panel process takes from the bootstrap config's secret files.
+        "from_files": frozenset(state.settings.overrides),
     }
     values.update(context or {})
     html = state.templates.get_template(template).render(values)

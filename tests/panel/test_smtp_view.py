@@ -228,3 +228,14 @@ def test_the_test_button_needs_a_csrf_token_a_valid_address_and_a_sender_domain(
     assert [entry.detail for entry in audited_tests(panel)] == [
         "refused: Not sent: no sender domain is set. Set allowed_sender_domain on the Sender "
         "page first."]
+
+
+def test_a_password_from_a_credential_file_is_announced(engine: Engine, tmp_path: Path) -> None:
+    panel = Panel(engine, tmp_path)
+    panel.state.settings.overrides["smtp_password"] = "from-a-credential-file"
+    try:
+        page = panel.logged_in().page("/smtp")
+        assert "[secrets] smtp_password_file" in page.text
+        assert "from-a-credential-file" not in page.text
+    finally:
+        panel.close()
