@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mailapi.faults import POINTS as FAULT_POINTS
+from mailapi.faults import FaultInjector
+
 RECEIVER_PORT = 2555
 PANEL_PORT = 2580
 DELIVERY_LOG_MAX_BYTES = 5 * 1024 * 1024
@@ -98,6 +101,14 @@ class SecretsConfig:
 
 
 @dataclass(frozen=True)
+class TestingConfig:
+    """TEST ONLY. Never set in production: the process kills itself at the named point."""
+
+    crash_at: str = ""
+    crash_after: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     database: DatabaseConfig
@@ -107,6 +118,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -124,7 +136,8 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(raw: dict[str, Any], config_path: Path) -> Config:
-    known = {"database", "receiver", "panel", "worker", "logging", "smtp", "secrets"}
+    known = {"database", "receiver", "panel", "worker", "logging", "smtp", "secrets",
+             "testing"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{config_path}: unknown section(s): {', '.join(sorted(unknown))}")
@@ -143,7 +156,10 @@ def parse_config(raw: dict[str, Any], config_path: Path) -> Config:
     smtp = _build(SmtpConfig, _section(raw, "smtp", config_path), "smtp", config_path, base)
     secrets = _build(SecretsConfig, _section(raw, "secrets", config_path), "secrets",
                      config_path, base)
-    config = Config(config_path, database, receiver, panel, worker, logging, smtp, secrets)
+    testing = _build(TestingConfig, _section(raw, "testing", config_path), "testing",
+                     config_path, base)
+    config = Config(config_path, database, receiver, panel, worker, logging, smtp, secrets,
+                    testing)
     _validate(config)
     return config
 
@@ -244,6 +260,9 @@ def _validate(config: Config) -> None:
             f"{where}: [panel] host {config.panel.host!r} is not loopback; "
             "set [panel] allow_public_bind = true to bind it publicly"
         )
+    if config.testing.crash_at and config.testing.crash_at not in FAULT_POINTS:
+        raise ConfigError(f"{where}: [testing] crash_at must be one of "
+                          f"{', '.join(FAULT_POINTS)}")
     panel = config.panel
     if panel.root_path and (not panel.root_path.startswith("/") or panel.root_path.endswith("/")):
         raise ConfigError(f"{where}: [panel] root_path must start with / and not end with / "
@@ -273,3 +292,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{where}: [receiver] max_body_bytes must be at least 1024")
     if config.database.busy_timeout_ms < 0:
         raise ConfigError(f"{where}: [database] busy_timeout_ms must not be negative")
+
+
+def fault_injector(config: Config) -> FaultInjector | None:
+    """The test-only fault injector the config arms, or None (production)."""
+    if not config.testing.crash_at:
+        return None
+    return FaultInjector(config.testing.crash_at, config.testing.crash_after)

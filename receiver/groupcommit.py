@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
+from mailapi import faults
 from mailapi.db import write_transaction
+from mailapi.faults import FaultInjector
 from mailapi.queue import Enqueued, NewMessage, enqueue_many
 
 
@@ -17,9 +19,10 @@ class GroupCommitter:
     with synchronous=FULL on the connection, so a 2xx always means the row is on disk.
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], float], *, max_batch: int = 512
-                 ) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float], *, max_batch: int = 512,
+                 faults: FaultInjector | None = None) -> None:
         self._engine = engine
+        self._faults = faults
         self._clock = clock
         self._max_batch = max_batch
         self._pending: list[tuple[NewMessage, asyncio.Future[Enqueued]]] = []
@@ -67,6 +70,7 @@ class GroupCommitter:
                 if not future.done():
                     future.set_exception(exc)
             return
+        faults.reached(self._faults, "receiver.after_commit")
         self.batches += 1
         self.rows += len(batch)
         for (_, future), result in zip(batch, results, strict=True):
@@ -75,4 +79,6 @@ class GroupCommitter:
 
     def _commit(self, messages: list[NewMessage]) -> list[Enqueued]:
         with write_transaction(self._engine) as connection:
-            return enqueue_many(connection, messages, self._clock())
+            results = enqueue_many(connection, messages, self._clock())
+            faults.reached(self._faults, "receiver.before_commit")
+            return results

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from mailapi.bootstrap import start_daemon
+from mailapi.config import fault_injector
 from mailapi.heartbeat import keep_beating
 from mailapi.intake import RendererCache
 from mailapi.logging import get_logger
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         engine=engine,
         settings=SettingsCache(engine, overrides=startup.secret_overrides),
         renderers=RendererCache(),
-        committer=GroupCommitter(engine, time.time),
+        committer=GroupCommitter(engine, time.time, faults=fault_injector(config)),
         rate_limiter=RateLimiter(time.monotonic),
         clock=time.time,
         max_body_bytes=config.receiver.max_body_bytes,

@@ -16,6 +16,8 @@ from mailapi.db import StorageError, read_transaction, write_transaction
 from mailapi.delivery.backoff import pause_length
 from mailapi.delivery.smtp import SmtpParameters
 from mailapi.deliverylog import DeliveryLog
+from mailapi.faults import FaultInjector
+from mailapi.faults import reached as fault_point
 from mailapi.logging import get_logger
 from mailapi.pause import PauseState, clear_pause, read_pause, set_pause
 from mailapi.queue import ClaimedMessage
@@ -55,8 +57,10 @@ class Worker:
     def __init__(self, engine: Engine, settings: SettingsCache, options: WorkerOptions, *,
                  delivery_log: DeliveryLog | None = None,
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 faults: FaultInjector | None = None) -> None:
         self.engine = engine
+        self.faults = faults
         self.settings = settings
         self.options = options
         self.delivery_log = delivery_log
@@ -86,7 +90,10 @@ class Worker:
             max_age_seconds=settings.message_max_age_seconds)
         if not batch:
             return 0
+        fault_point(self.faults, "worker.after_claim")
         attempts = await self._deliver(batch, settings, now)
+        if any(attempt.result is Result.DELIVERED for attempt in attempts):
+            fault_point(self.faults, "worker.after_accept")
         await self._record(attempts, settings)
         return len(batch)
 

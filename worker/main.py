@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from mailapi import queue as outbound
 from mailapi.bootstrap import start_daemon
+from mailapi.config import fault_injector
 from mailapi.db import StorageError, read_transaction
 from mailapi.deliverylog import DeliveryLog
 from mailapi.heartbeat import beat
@@ -41,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     delivery_log = (DeliveryLog(config.logging.delivery_log, config.logging.delivery_log_max_bytes)
                     if config.logging.delivery_log else None)
     settings = SettingsCache(startup.engine, overrides=startup.secret_overrides)
-    worker = Worker(startup.engine, settings, options, delivery_log=delivery_log)
+    worker = Worker(startup.engine, settings, options, delivery_log=delivery_log,
+                    faults=fault_injector(config))
     gc.collect()
     gc.freeze()  # long-lived start-up objects stay out of full collections
     if startup.arguments.once:

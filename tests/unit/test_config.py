@@ -10,6 +10,7 @@ from mailapi.config import (
     RECEIVER_PORT,
     Config,
     ConfigError,
+    fault_injector,
     load_config,
 )
 
@@ -182,3 +183,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "latin1.toml").write_bytes(b'[database]\npath = "\xe9"\n')
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "latin1.toml")
+
+
+def test_the_test_only_fault_point_must_be_a_known_one(tmp_path: Path) -> None:
+    path = tmp_path / "mail-api.toml"
+    path.write_text('[database]\npath = "db"\n[testing]\ncrash_at = "receiver.nowhere"\n',
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="crash_at must be one of"):
+        load_config(path)
+    path.write_text('[database]\npath = "db"\n[testing]\ncrash_at = "worker.after_accept"\n'
+                    'crash_after = 3\n', encoding="utf-8")
+    injector = fault_injector(load_config(path))
+    assert injector is not None and (injector.point, injector.remaining) == (
+        "worker.after_accept", 3)
+    path.write_text('[database]\npath = "db"\n', encoding="utf-8")
+    assert fault_injector(load_config(path)) is None
