@@ -1,0 +1,1 @@
+"""Deployment: the systemd units, sysusers/tmpfiles entries, the installer and nginx."""
