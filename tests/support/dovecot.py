@@ -30,6 +30,7 @@ USER = "alice"
 PASSWORD = "dovecot-test-password"
 # The system user the mailbox belongs to (Debian's `mail`); Dovecot refuses root for mail.
 MAIL_OWNER = "mail"
+POSTFIX_USER = "postfix"  # Debian's postfix package creates it
 
 CONFIG = """\
 # Written by tests/support/dovecot.py for one test session; nothing here is for production.
@@ -101,6 +102,30 @@ service pop3-login {{
 local {no_tls_host} {{
   ssl = no
 }}
+# For tests/support/postfix.py: Postfix's SMTP AUTH asks this socket (smtpd_sasl_type =
+# dovecot), and Postfix's pipe(8) runs dovecot-lda as `mail`, which finds alice through the
+# default auth-userdb socket, logs to a file of its own (the main log belongs to root) and
+# reports to the stats process (whose socket is otherwise for the dovecot group only).
+{postfix_auth_listener}
+protocol lda {{
+  log_path = {root}/lda.log
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"""
+
+# Written only where Postfix is installed: the socket belongs to its `postfix` user.
+POSTFIX_AUTH_LISTENER = """\
+service auth {
+  unix_listener auth-postfix {
+    mode = 0660
+    user = postfix
+    group = postfix
+  }
+}
 """
 
 
@@ -121,6 +146,10 @@ class Dovecot:
     ca_file: Path  # the CA that signed the server certificate
     maildir: Path  # the user's INBOX
     log_path: Path
+    config_path: Path  # for dovecot-lda, which Postfix runs to deliver into the INBOX
+    lda_log_path: Path
+    # Postfix's SMTP AUTH socket (smtpd_sasl_path); None where Postfix is not installed.
+    sasl_socket: Path | None
 
     def port(self, protocol: str) -> int:
         """The listener for `protocol` (imap, imaps, pop3, pop3s)."""
@@ -153,20 +182,34 @@ def _write_tree(root: Path, ca: trustme.CA, ports: dict[str, int]) -> Path:
     certificate.private_key_pem.write_to_path(str(root / "server.key"))
     (root / "server.key").chmod(0o600)
     ca.cert_pem.write_to_path(str(root / "ca.pem"))
-    (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}:::{root}/home/{USER}::\n",
-                                encoding="utf-8")
+    owner = pwd.getpwnam(MAIL_OWNER)
+    # The uid and gid let dovecot-lda, running as `mail`, look alice up (auth-userdb allows a
+    # client only the users whose uid it runs as); they equal mail_uid/mail_gid anyway.
+    (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{owner.pw_uid}:{owner.pw_gid}::"
+                                f"{root}/home/{USER}::\n", encoding="utf-8")
     for folder in ("run", "state", f"home/{USER}", *(f"mail/{USER}/{d}"
                                                       for d in ("new", "cur", "tmp"))):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for top in ("home", "mail"):
         for path in [root / top, *(root / top).rglob("*")]:
             shutil.chown(path, MAIL_OWNER, MAIL_OWNER)
-    owner = pwd.getpwnam(MAIL_OWNER)
+    (root / "lda.log").touch(mode=0o600)
+    shutil.chown(root / "lda.log", MAIL_OWNER, MAIL_OWNER)
     config = root / "dovecot.conf"
+    listener = POSTFIX_AUTH_LISTENER if _postfix_user_exists() else ""
     config.write_text(CONFIG.format(root=root, host=HOST, no_tls_host=NO_TLS_HOST,
                                     mail_user=MAIL_OWNER, mail_uid=owner.pw_uid,
-                                    mail_gid=owner.pw_gid, **ports), encoding="utf-8")
+                                    mail_gid=owner.pw_gid, postfix_auth_listener=listener,
+                                    **ports), encoding="utf-8")
     return config
+
+
+def _postfix_user_exists() -> bool:
+    try:
+        pwd.getpwnam(POSTFIX_USER)
+    except KeyError:
+        return False
+    return True
 
 
 def _accepting(host: str, port: int) -> bool:
@@ -236,7 +279,10 @@ def start_dovecot(root: Path, ca: trustme.CA) -> tuple[Dovecot, subprocess.Popen
                                    stdout=stderr, stderr=subprocess.STDOUT)
     server = Dovecot(host=HOST, no_tls_host=NO_TLS_HOST, user=USER, password=PASSWORD,
                      ca_file=root / "ca.pem", maildir=root / "mail" / USER,
-                     log_path=root / "dovecot.log", **ports)
+                     log_path=root / "dovecot.log", config_path=config,
+                     lda_log_path=root / "lda.log",
+                     sasl_socket=root / "run" / "auth-postfix" if _postfix_user_exists()
+                     else None, **ports)
     targets = [(HOST, server.port(p)) for p in ("imap", "imaps", "pop3", "pop3s")]
     targets += [(NO_TLS_HOST, server.imap_no_tls_port), (NO_TLS_HOST, server.pop3_no_tls_port)]
     try:
