@@ -19,7 +19,13 @@ from mailapi.deliverylog import DeliveryLog
 from mailapi.faults import FaultInjector
 from mailapi.faults import reached as fault_point
 from mailapi.logging import get_logger
-from mailapi.pause import PauseState, clear_pause, read_pause, set_pause
+from mailapi.pause import (
+    PauseState,
+    clear_pause,
+    read_pause,
+    rebase_pause_after_clock_step,
+    set_pause,
+)
 from mailapi.queue import ClaimedMessage
 from mailapi.settings import Settings, SettingsCache
 from worker.batch import deliver_batch
@@ -31,6 +37,9 @@ HOUSEKEEPING_SECONDS = 1.0
 PRUNE_SECONDS = 3600.0
 KEEP_EVENTS_SECONDS = 14 * 86_400.0
 MAX_IDLE_WAIT = 1.0
+# Rows written further than this past the worker's clock mean the clock stepped back;
+# a smaller step delays them by no more than this.
+CLOCK_STEP_TOLERANCE = 60.0
 
 
 @dataclass
@@ -74,6 +83,7 @@ class Worker:
         self._pruned_at = float("-inf")
         self._pause_logged: str | None = None
         self._breaker_failures = 0  # as last read: a pause may outlive the process that set it
+        self._paused_until: float | None = None  # while the last pass found the queue paused
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -128,6 +138,10 @@ class Worker:
 
         def work() -> tuple[int, int]:
             with write_transaction(self.engine) as connection:
+                outbound.rebase_after_clock_step(connection, now=now,
+                                                 tolerance=CLOCK_STEP_TOLERANCE)
+                rebase_pause_after_clock_step(connection, now=now,
+                                              tolerance=CLOCK_STEP_TOLERANCE)
                 released = outbound.release_expired_leases(
                     connection, now=now, max_reclaims=settings.max_lease_reclaims)
                 expired = outbound.expire_overdue(
@@ -145,6 +159,7 @@ class Worker:
     async def _paused(self, settings: Settings, now: float) -> bool:
         if self.options.file_outbox is None and not settings.smtp_host:
             self._log_pause_once("smtp_host is not configured; messages wait in the queue")
+            self._paused_until = float("inf")
             return True
 
         def read() -> PauseState:
@@ -155,8 +170,10 @@ class Worker:
         self._breaker_failures = pause.failures
         if pause.active(now, settings.smtp_fingerprint()):
             self._log_pause_once(f"queue paused: {pause.reason}")
+            self._paused_until = pause.paused_until
             return True
         self._pause_logged = None
+        self._paused_until = None
         return False
 
     def _log_pause_once(self, reason: str) -> None:
@@ -213,10 +230,15 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if lost:
-            log.warning("leases lost before recording; another worker owns them", count=lost)
-        await asyncio.to_thread(write_log, self.delivery_log, changes, now)
-        await self._update_breaker(changes, settings, now)
-        self._count(changes, now)
+            log.warning("leases lost before recording; another worker owns them",
+                        count=len(lost), queue_ids=[c.attempt.message.queue_id for c in lost])
+        applied = [c for c in changes if not any(c is stale for stale in lost)]
+        # A 250 under a lost lease still went out: it is a real send and stays in the log.
+        # Any other stale outcome changed nothing, so it is neither logged nor counted.
+        happened = applied + [c for c in lost if c.change == "delete"]
+        await asyncio.to_thread(write_log, self.delivery_log, happened, now)
+        await self._update_breaker(applied, settings, now)
+        self._count(happened, now)
 
     async def _update_breaker(self, changes: list[RowChange], settings: Settings,
                               now: float) -> None:
@@ -265,7 +287,14 @@ class Worker:
     # -- waiting ----------------------------------------------------------------------------
 
     async def idle_wait_seconds(self) -> float:
-        """Until the next retry is due, but never long and never negative (clock steps)."""
+        """Until the next retry is due, but never long and never negative (clock steps).
+
+        While the queue is paused, due messages wait for the pause to end: counting them as
+        due would spin the loop (one pass per millisecond) for the whole pause.
+        """
+        if self._paused_until is not None:
+            return min(MAX_IDLE_WAIT, max(0.0, self._paused_until - self.clock()))
+
         def read() -> float | None:
             with read_transaction(self.engine) as connection:
                 return outbound.next_due_at(connection)

@@ -84,9 +84,10 @@ def plan(attempt: Attempt, settings: Settings, now: float, rng: random.Random) -
                      event=events.DEFERRED)
 
 
-def store(engine: Engine, changes: list[RowChange], now: float) -> int:
-    """Apply every change in one transaction; returns how many leases had been lost."""
-    lost = 0
+def store(engine: Engine, changes: list[RowChange], now: float) -> list[RowChange]:
+    """Apply every change in one transaction; returns those whose lease had been lost
+    (another worker owns the row now, so they changed nothing)."""
+    lost: list[RowChange] = []
     with write_transaction(engine) as connection:
         for change in changes:
             message = change.attempt.message
@@ -104,7 +105,7 @@ def store(engine: Engine, changes: list[RowChange], now: float) -> int:
                 applied = outbound.release(connection, queue_id, token, now=now,
                                            error=change.detail or None)
             if not applied:
-                lost += 1
+                lost.append(change)
                 continue
             if change.event:
                 failure = change.attempt.failure
