@@ -1,10 +1,14 @@
-"""`mailapi db upgrade|check`."""
+"""`mailapi db upgrade|check|backup`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from mailapi.backup import BackupError, backup_database
 from mailapi.config import Config
 from mailapi.db import integrity_check, open_engine, read_transaction
 from mailapi.schema import current_revision, head_revision, upgrade
@@ -17,6 +21,13 @@ def register(groups: Any) -> None:
                         ).set_defaults(handler=upgrade_command)
     commands.add_parser("check", help="check integrity and that the schema is at head"
                         ).set_defaults(handler=check_command)
+    backup = commands.add_parser(
+        "backup", help="copy the live database with SQLite's backup API (safe while running)")
+    backup.add_argument("destination", metavar="DEST",
+                        help="file to write (mode 0600), or a folder to write "
+                             "mail-api-<UTC time>.sqlite3 into")
+    backup.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    backup.set_defaults(handler=backup_command)
 
 
 def upgrade_command(config: Config, arguments: argparse.Namespace) -> int:
@@ -55,3 +66,22 @@ def check_command(config: Config, arguments: argparse.Namespace) -> int:
     print(f"journal:   {mode}")
     print("status:    " + ("ok" if ok else "NOT OK"))
     return 0 if ok else 1
+
+
+def backup_command(config: Config, arguments: argparse.Namespace) -> int:
+    destination = Path(arguments.destination).expanduser()
+    if destination.is_dir():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        destination = destination / f"mail-api-{stamp}.sqlite3"
+    try:
+        result = backup_database(config.database.path, destination,
+                                 busy_timeout_ms=config.database.busy_timeout_ms,
+                                 replace=arguments.force)
+    except BackupError as exc:
+        print(f"mailapi: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup of {config.database.path} written to {result.path}")
+    print(f"size:      {result.size_bytes} bytes ({result.pages} pages), mode 0600")
+    print(f"schema:    {result.revision or 'none'}")
+    print("integrity: ok")
+    return 0
