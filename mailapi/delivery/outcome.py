@@ -54,14 +54,16 @@ def classify(failure: DeliveryFailure) -> Action:
     """Decide the fate of a message from one failed attempt.
 
     - 5xx on MAIL, RCPT or DATA concerns this message: fail it (kept, retryable by an admin).
-    - Authentication and TLS failures, and our own configuration refusing a step, concern
-      every message: pause the queue rather than burning each message's attempts.
+    - Authentication and TLS failures (a 5xx answer to STARTTLS among them: refusing the
+      STARTTLS it offered is as good as not offering it), and our own configuration refusing
+      a step, concern every message: pause the queue rather than burning each message's
+      attempts.
     - Everything else (4xx anywhere, network trouble, timeouts, a 5xx greeting or EHLO from a
       server that is refusing service) is temporary: retry with backoff.
     """
     if failure.kind in (Kind.TLS, Kind.CONFIG):
         return Action.PAUSE
-    if failure.stage is Stage.AUTH and failure.kind is Kind.RESPONSE:
+    if failure.stage in (Stage.AUTH, Stage.TLS) and failure.kind is Kind.RESPONSE:
         return Action.PAUSE if failure.code is None or failure.code >= 500 else Action.RETRY
     if failure.kind is Kind.RESPONSE and failure.code is not None:
         if failure.code in (530, 538):

@@ -131,7 +131,8 @@ class SmtpServer:
         kwargs: dict[str, Any] = {}
         if users is not None:
             kwargs["authenticator"] = _authenticator(users)
-            kwargs["auth_require_tls"] = mode != "plain"
+            # aiosmtpd only counts STARTTLS as TLS; an implicit-TLS listener is TLS already.
+            kwargs["auth_require_tls"] = mode == "starttls"
         if mode == "starttls":
             kwargs["tls_context"] = server_context
             kwargs["require_starttls"] = require_starttls

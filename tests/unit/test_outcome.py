@@ -37,6 +37,14 @@ def test_auth_rejection_pauses(code: int | None) -> None:
     assert _classify(Stage.AUTH, code=code) is Action.PAUSE
 
 
+@pytest.mark.parametrize(("code", "action"), [(501, Action.PAUSE), (554, Action.PAUSE),
+                                              (454, Action.RETRY), (421, Action.RETRY)])
+def test_a_refused_starttls_pauses_unless_temporary(code: int, action: Action) -> None:
+    # Refusing the STARTTLS it offered is as good as not offering it: every message would
+    # fail the same way, so the queue pauses.
+    assert _classify(Stage.TLS, code=code) is action
+
+
 @pytest.mark.parametrize("stage", list(Stage))
 def test_530_pauses_everywhere(stage: Stage) -> None:
     assert _classify(stage, code=530) is Action.PAUSE
