@@ -24,7 +24,7 @@ install: $(STAMP) ## create .venv with the project and its test tools (pinned)
 run: $(STAMP) ## migrate ./var and run receiver, worker and panel on the development config
 	scripts/run-dev.sh $(DEV_CONFIG)
 
-TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d nginx postfix systemd
+TEST_PACKAGES := chromium dovecot-imapd dovecot-pop3d nginx postfix systemd faketime python3-venv
 
 test: $(STAMP) ## install and run the whole test suite (installs Chromium and Dovecot)
 	scripts/ensure-apt.sh $(TEST_PACKAGES)
@@ -47,6 +47,14 @@ check: lint typecheck imports ## lint, types and import contracts
 bench: $(STAMP) ## benchmarks side by side with their baselines (installs postfix for smtp-sink)
 	scripts/ensure-apt.sh postfix wrk
 	$(BIN)/python -m bench
+
+.PHONY: install-system uninstall-system
+
+install-system: ## as root: install into /opt/mail_api with units and nginx site (INSTALL_ARGS=...)
+	scripts/install-system.sh --source $(CURDIR) $(INSTALL_ARGS)
+
+uninstall-system: ## as root: remove the system install, keep the data (PURGE=1 deletes it too)
+	scripts/uninstall-system.sh $(if $(PURGE),--purge)
 
 clean: ## remove the virtualenv and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

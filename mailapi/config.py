@@ -186,7 +186,10 @@ def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, ba
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} must be a non-empty path string")
             if value.startswith("credential:"):
-                converted[key] = _credential_path(value.removeprefix("credential:"), where)
+                _check_credential_name(value.removeprefix("credential:"), where)
+                # Resolved when the secret is read: only the processes that read it need
+                # systemd's $CREDENTIALS_DIRECTORY (a CLI command that does not is unaffected).
+                converted[key] = Path(value)
             else:
                 converted[key] = (base / Path(value).expanduser()).resolve()
         elif expected == "bool":
@@ -215,19 +218,29 @@ def _build(cls: Any, values: dict[str, Any], section: str, config_path: Path, ba
     return cls(**converted)
 
 
-def _credential_path(name: str, where: str) -> Path:
-    """A file systemd's LoadCredential= put in $CREDENTIALS_DIRECTORY for this process."""
+def _check_credential_name(name: str, where: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"{where}: credential:NAME needs a plain credential name")
+
+
+def secret_path(path: Path, setting: str) -> Path:
+    """Where a secret file is: `credential:NAME` is NAME in the directory systemd's
+    LoadCredential= provides to this process ($CREDENTIALS_DIRECTORY)."""
+    text = str(path)
+    if not text.startswith("credential:"):
+        return path
+    name = text.removeprefix("credential:")
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
-        raise ConfigError(f"{where} names credential {name!r}, but $CREDENTIALS_DIRECTORY is "
-                          "not set: run under systemd with LoadCredential=, or give a path")
+        raise ConfigError(f"[secrets] {setting}_file names credential {name!r}, but "
+                          "$CREDENTIALS_DIRECTORY is not set: run under systemd with "
+                          "LoadCredential=, or give a path")
     return Path(directory) / name
 
 
 def read_secret_file(path: Path, setting: str) -> str:
     """The secret in `path` (one trailing newline stripped); ConfigError if unusable."""
+    path = secret_path(path, setting)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailapi.cli.common import open_checked
-from mailapi.config import Config
+from mailapi.config import Config, secret_overrides
 from mailapi.db import read_transaction
 from mailapi.settings import load_settings
 from mailapi.signatures import sign
@@ -36,6 +36,8 @@ def send_command(config: Config, arguments: argparse.Namespace) -> int:
     with read_transaction(engine) as connection:
         secret = load_settings(connection).webhook_secret
     engine.dispose()
+    # The receiver signs-checks with the file secret when the config names one.
+    secret = secret_overrides(config, ("webhook_secret",)).get("webhook_secret", secret)
     now = datetime.now(UTC)
     body: dict[str, Any] = {
         "type": arguments.type, "to": arguments.to, "subject": arguments.subject,

@@ -30,15 +30,17 @@ def test_credential_names_resolve_in_the_systemd_credentials_directory(
     (credentials / "webhook-secret").write_text("abc123", encoding="utf-8")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     config = load_config(write(tmp_path, 'webhook_secret_file = "credential:webhook-secret"'))
-    assert config.secrets.webhook_secret_file == credentials / "webhook-secret"
     assert secret_overrides(config, ("webhook_secret",)) == {"webhook_secret": "abc123"}
 
 
 def test_a_credential_outside_systemd_is_a_clear_error(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    # Loading is fine (a CLI command that reads no secret works); reading it is not.
+    config = load_config(write(tmp_path, 'webhook_secret_file = "credential:webhook-secret"'))
+    assert secret_overrides(config, ("smtp_password",)) == {}
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
-        load_config(write(tmp_path, 'webhook_secret_file = "credential:webhook-secret"'))
+        secret_overrides(config, ("webhook_secret",))
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     with pytest.raises(ConfigError, match="plain credential name"):
         load_config(write(tmp_path, 'webhook_secret_file = "credential:../etc/shadow"'))
