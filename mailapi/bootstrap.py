@@ -12,7 +12,7 @@ from typing import NoReturn
 from sqlalchemy import Engine
 
 from mailapi.config import Config, ConfigError, load_config, secret_overrides
-from mailapi.db import Durability, StorageError, integrity_check, open_engine
+from mailapi.db import Durability, StorageError, integrity_check, naming_the_file, open_engine
 from mailapi.logging import configure_logging, get_logger
 from mailapi.schema import SchemaNotCurrent, ensure_current
 
@@ -64,7 +64,7 @@ def start_daemon(process: str, argv: Sequence[str] | None, *, durability: Durabi
                   f"{'; '.join(result[:5])}. Restore it from a backup; it is not recreated.")
         ensure_current(engine, config.database.path)
     except (StorageError, SchemaNotCurrent) as exc:
-        fatal(process, str(exc))
+        fatal(process, naming_the_file(exc, config.database.path))
     get_logger(process).info("starting", config=str(config.path),
                              database=str(config.database.path))
     return Startup(config, engine, arguments, overrides)

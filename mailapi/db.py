@@ -74,7 +74,11 @@ def open_engine(
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            # Switching a zero-length file to WAL writes a fresh header into it: a daemon
+            # would turn a truncated database into an empty one. Leave it as found; the
+            # schema check then refuses it.
+            if create or cursor.execute("PRAGMA page_count").fetchone()[0] > 0:
+                cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {durability}")
             cursor.execute("PRAGMA foreign_keys = ON")
             # Truncate the WAL file back to this size after checkpoints so it stays bounded.
@@ -133,6 +137,12 @@ def classify_error(exc: sa_exc.DBAPIError) -> Exception:
     if primary == _SQLITE_IOERR:
         return StorageBusy(text)
     return exc
+
+
+def naming_the_file(exc: Exception, path: Path) -> str:
+    """The error's text, saying which database file it is about (SQLite's own does not)."""
+    text = str(exc)
+    return text if str(path) in text else f"database {path}: {text}"
 
 
 def integrity_check(engine: Engine) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from mailapi.models import queue_pause
 
@@ -39,3 +39,13 @@ def set_pause(connection: Connection, *, until: float, reason: str, failures: in
 def clear_pause(connection: Connection, *, now: float) -> None:
     connection.execute(update(queue_pause).where(queue_pause.c.id == 1).values(
         paused_until=None, reason=None, failures=0, settings_fingerprint=None, updated_at=now))
+
+
+def rebase_pause_after_clock_step(connection: Connection, *, now: float,
+                                  tolerance: float) -> None:
+    """A pause set after `now` (the wall clock stepped back) lasts what it was set to, from now."""
+    connection.execute(update(queue_pause).where(
+        queue_pause.c.id == 1, queue_pause.c.paused_until.is_not(None),
+        queue_pause.c.updated_at > now + tolerance).values(
+        paused_until=now + func.max(0.0, queue_pause.c.paused_until - queue_pause.c.updated_at),
+        updated_at=now))

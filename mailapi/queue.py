@@ -222,6 +222,29 @@ def release_expired_leases(connection: Connection, *, now: float, max_reclaims: 
     return int(poisoned) + int(requeued)
 
 
+def rebase_after_clock_step(connection: Connection, *, now: float, tolerance: float) -> int:
+    """Restart from `now` the waits of rows written after it: the wall clock stepped back.
+
+    A row written an hour "in the future" would otherwise wait that hour on top of its retry
+    delay (or its lease). Each keeps the wait it was given when written, counted from now.
+    """
+    written_later = q.c.updated_at > now + tolerance
+    queued = connection.execute(
+        update(q).where(q.c.state == QUEUED, written_later)
+        .values(next_attempt_at=now + func.max(0.0, q.c.next_attempt_at - q.c.updated_at),
+                updated_at=now)
+    ).rowcount
+    # A dead worker's lease runs out a lease from now, not a step later. A live worker's
+    # pass is timed by its own (stepped) clock, so with several workers a long batch may
+    # outrun it and a message go out twice; the fencing token keeps the row right.
+    leased = connection.execute(
+        update(q).where(q.c.state == LEASED, written_later)
+        .values(lease_expires_at=now + func.max(0.0, q.c.lease_expires_at - q.c.updated_at),
+                updated_at=now)
+    ).rowcount
+    return int(queued) + int(leased)
+
+
 def expire_overdue(connection: Connection, *, now: float, max_age_seconds: float) -> int:
     """Fail queued messages past their token's expiresAt or the maximum age: never sent."""
     return int(connection.execute(

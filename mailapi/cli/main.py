@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from mailapi.accounts import AccountError
 from mailapi.cli import admin, database, queue, settings, status, webhook
 from mailapi.config import ConfigError, load_config
-from mailapi.db import StorageError
+from mailapi.db import StorageError, naming_the_file
 from mailapi.schema import SchemaNotCurrent
 from mailapi.settings import SettingsError
 
@@ -32,8 +32,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     try:
         config = load_config(arguments.config)
+    except ConfigError as exc:
+        print(f"mailapi: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         code = arguments.handler(config, arguments)
-    except (AccountError, ConfigError, StorageError, SchemaNotCurrent, SettingsError) as exc:
+    except StorageError as exc:
+        print(f"mailapi: {naming_the_file(exc, config.database.path)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (AccountError, ConfigError, SchemaNotCurrent, SettingsError) as exc:
         print(f"mailapi: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code)
