@@ -71,6 +71,13 @@ def test_idle_worker_wakes_quickly(suite: Suite, smtp_server: SmtpServer) -> Non
     assert time.monotonic() - started < 2.0
 
 
+def row_state(suite: Suite, queue_id: int) -> str | None:
+    with sqlite3.connect(suite.config.parent / "mail-api.sqlite3") as connection:
+        row = connection.execute("SELECT state FROM outbound_queue WHERE id = ?",
+                                 (queue_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+
 def expire_leases(suite: Suite, queue_id: int) -> None:
     """The lease outlives a dead worker; end it now rather than wait minutes."""
     with sqlite3.connect(suite.config.parent / "mail-api.sqlite3") as connection:
@@ -87,7 +94,9 @@ def test_worker_killed_mid_delivery_loses_nothing(suite: Suite, smtp_server: Smt
     worker = suite.start("worker")
     status, body = suite.post(webhook_body("dave@example.org", "tok-kill"))
     assert status == 202
-    time.sleep(1.0)
+    # Claimed, and held 3 s at RCPT: a kill now lands inside the SMTP transaction.
+    wait_until(lambda: row_state(suite, body["queued_id"]) == "leased",
+               message="the worker claimed the message")
     worker.kill()  # kill -9 in the middle of the SMTP transaction
     smtp_server.recorder.faults.rcpt_delay = 0.0
     expire_leases(suite, body["queued_id"])
@@ -104,12 +113,12 @@ def test_kill_after_the_final_dot_duplicates_with_the_same_message_id(
     """The one duplicate window: the server took the message, the worker died before DELETE."""
     assert cli(suite.config, "settings", "set", "smtp_timeout", "30").returncode == 0
     # The server stores the message, and its 250 comes after the worker is gone.
-    smtp_server.recorder.faults.reply_delay_after_store = 3.0
+    smtp_server.recorder.faults.reply_delay_after_store = 30.0
     suite.start_receiver()
     worker = suite.start("worker")
     status, body = suite.post(webhook_body("frank@example.org", "tok-window"))
     assert status == 202
-    time.sleep(1.0)
+    smtp_server.recorder.wait_for(1, timeout=15)  # stored; its 250 is held back
     worker.kill()
     smtp_server.recorder.faults.reply_delay_after_store = 0.0
     assert len(smtp_server.recorder.messages) == 1
