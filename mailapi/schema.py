@@ -18,14 +18,14 @@ class SchemaNotCurrent(Exception):
     """The database is not at the newest migration; `mailapi db upgrade` must run first."""
 
 
-def _alembic_config() -> AlembicConfig:
+def alembic_config() -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     return config
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships a revision
         raise RuntimeError("no migrations found")
     return head
@@ -38,7 +38,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine) -> str:
     """Migrate to head; returns the revision now in force."""
-    config = _alembic_config()
+    config = alembic_config()
     with translate_errors(), engine.connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

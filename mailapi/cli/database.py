@@ -17,8 +17,14 @@ from mailapi.schema import current_revision, head_revision, upgrade
 def register(groups: Any) -> None:
     parser = groups.add_parser("db", help="create, migrate and check the database")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("upgrade", help="create the database if needed and migrate to head"
-                        ).set_defaults(handler=upgrade_command)
+    upgrade_parser = commands.add_parser(
+        "upgrade", help="create the database if needed and migrate to head")
+    upgrade_parser.add_argument(
+        "--no-create", action="store_true",
+        help="refuse a missing or empty database file instead of creating one (what the "
+             "migrate unit runs before every start, so a lost database is never silently "
+             "replaced by an empty one)")
+    upgrade_parser.set_defaults(handler=upgrade_command)
     commands.add_parser("check", help="check integrity and that the schema is at head"
                         ).set_defaults(handler=check_command)
     backup = commands.add_parser(
@@ -32,6 +38,11 @@ def register(groups: Any) -> None:
 
 def upgrade_command(config: Config, arguments: argparse.Namespace) -> int:
     path = config.database.path
+    if arguments.no_create and (not path.exists() or path.stat().st_size == 0):
+        print(f"mailapi: database {path} is missing or empty; refusing to create a new one "
+              "(restore it from a backup, or run `db upgrade` without --no-create for a "
+              "first install)", file=sys.stderr)
+        return 1
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = open_engine(path, durability="FULL", busy_timeout_ms=config.database.busy_timeout_ms,
                          create=True, pool_size=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -11,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+
+from mailapi.db import open_engine
+from mailapi.schema import alembic_config
 from tests.deploy.units import CONFIG_PATH, LOGS_DIR, STATE_DIR
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc/mail-api.toml.example"
@@ -97,4 +102,23 @@ def write_config(tree: Path, receiver_port: int, panel_port: int,
     # What StateDirectory=/LogsDirectory= would have created before the process starts.
     (tree / STATE_DIR.lstrip("/")).mkdir(mode=0o700, parents=True, exist_ok=True)
     (tree / LOGS_DIR.lstrip("/")).mkdir(mode=0o750, parents=True, exist_ok=True)
+    return path
+
+
+def installed_database(tree: Path, *, revision: str = "0001", owner: tuple[int, int] | None = None
+                       ) -> Path:
+    """What the installer's first `db upgrade` leaves, at an older schema revision, so the
+    migrate unit (which never creates a database: `--no-create`) has a migration to run."""
+    path = tree / STATE_DIR.lstrip("/") / "mail-api.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(path, durability="FULL", busy_timeout_ms=5000, create=True)
+    config = alembic_config()
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+        connection.commit()
+    engine.dispose()
+    path.chmod(0o600)
+    if owner is not None:
+        os.chown(path, *owner)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.harness import NotifySocket, write_config
+from tests.deploy.harness import NotifySocket, installed_database, write_config
 from tests.deploy.units import DAEMONS, STATE_DIR, Unit, map_command, seconds, service
 from tests.support.ports import free_port
 
@@ -40,10 +40,19 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary stand-in for /, migrated by the migrate unit's own ExecStart."""
     root = tmp_path_factory.mktemp("tree")
     write_config(root, free_port(), free_port())
+    installed_database(root)
     result = run_oneshot(service("migrate"), root)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "migrated from empty" in result.stdout
+    assert "migrated from 0001 to" in result.stdout
     return root
+
+
+def test_the_migrate_unit_never_creates_a_missing_database(tmp_path: Path) -> None:
+    write_config(tmp_path, free_port(), free_port())
+    result = run_oneshot(service("migrate"), tmp_path)
+    assert result.returncode == 1
+    assert "missing or empty; refusing to create a new one" in result.stderr
+    assert not (tmp_path / STATE_DIR.lstrip("/") / "mail-api.sqlite3").exists()
 
 
 def unit_environment(unit: Unit, notify: NotifySocket | None,

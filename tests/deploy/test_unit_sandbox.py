@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from mailapi.db import open_engine
-from tests.deploy.harness import NotifySocket, write_config
+from tests.deploy.harness import NotifySocket, installed_database, write_config
 from tests.deploy.units import (
     CONFIG_PATH,
     DAEMONS,
@@ -131,6 +131,7 @@ def confinement(pid: int) -> dict[str, str]:
 def test_the_suite_inside_its_sandboxes(tree: Path) -> None:
     receiver_port, panel_port = free_port(), free_port()
     webhook_secret, smtp_password = install(tree, receiver_port, panel_port)
+    installed_database(tree, owner=(SERVICE_UID, SERVICE_GID))
     migrate = subprocess.run(
         sandbox_command("migrate", tree, map_command(service("migrate").command(), tree)),
         cwd=PROJECT, capture_output=True, text=True, timeout=60, check=False)
