@@ -10,6 +10,8 @@ from email.header import decode_header
 # C0 controls, DEL, C1 controls (U+0085 NEL among them), and the Unicode line and paragraph
 # separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Half of a UTF-16 pair on its own (JSON's "\ud800"): no encoding can write it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _control(text: str) -> str | None:
@@ -21,13 +23,17 @@ def unsafe_character(text: str) -> str | None:
     """Describe the first character that could break a header line, or None if clean.
 
     Refused: C0 controls (CR, LF, NUL, TAB included), DEL, C1 controls, the Unicode line and
-    paragraph separators, and the same hidden inside RFC 2047 encoded words. Encoded words
-    are decoded the two ways Python's email package does (tolerating an empty charset, spaces
-    and a missing terminator), so whatever it would turn into a line break is caught here.
+    paragraph separators, and the same hidden inside RFC 2047 encoded words; also lone
+    surrogates, which no encoding can write. Encoded words are decoded the two ways Python's
+    email package does (tolerating an empty charset, spaces and a missing terminator), so
+    whatever it would turn into a line break is caught here.
     """
     found = _control(text)
     if found:
         return f"control character {found}"
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        return f"a lone surrogate U+{ord(surrogate.group()):04X}"
     if "=?" not in text:
         return None
     for decoded in _decodings(text):

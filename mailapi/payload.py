@@ -112,6 +112,8 @@ def validate_payload(body: dict[str, Any], *, now: float) -> WebhookPayload:
         raise PayloadError(422, f"type must be one of {', '.join(MESSAGE_TYPES)}", "type")
     to_raw = _string(body, "to", required=True, max_length=320)
     assert to_raw is not None
+    if "=?" in to_raw:  # RFC 2047 forbids encoded words in an address; lenient readers decode
+        raise PayloadError(422, "to must not contain =? (an RFC 2047 encoded word)", "to")
     try:
         checked = validate_email(
             to_raw, check_deliverability=False, allow_smtputf8=False,
@@ -131,8 +133,11 @@ def validate_payload(body: dict[str, Any], *, now: float) -> WebhookPayload:
         raise PayloadError(422, "expiresAt is in the past", "expiresAt")
     link = _string(body, "link", required=False, max_length=MAX_LINK)
     if link is not None:
-        parts = urlsplit(link)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urlsplit(link)  # ValueError for "http://[" or an NFKC-unsafe host
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise PayloadError(422, "link must be an absolute http:// or https:// URL", "link")
         if any(ch.isspace() or ch in "<>\"" for ch in link):
             raise PayloadError(422, "link must not contain spaces, quotes or <>", "link")

@@ -27,6 +27,10 @@ def parse_iso8601(text: str) -> datetime:
     moment = datetime.fromisoformat(normalised)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)  # 9999-12-31T23:59:59-01:00 has no UTC equivalent
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
     return moment
 
 

@@ -94,8 +94,11 @@ def check_origin(request: Request) -> None:
     if origin is None:
         return
     host = request.headers.get("host", "").lower()
-    parts = urlsplit(origin)
-    if origin == "null" or parts.netloc.lower() != host:
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:  # "http://[": not a URL, so not ours
+        netloc = None
+    if origin == "null" or netloc != host:
         raise Forbidden("cross-origin request refused (Origin does not match this panel)")
 
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mailapi.db import StorageError, read_transaction
+from receiver import openapi
 from receiver.state import ReceiverState
 from receiver.webhook import outbound_email
 
@@ -26,6 +27,11 @@ async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": False, "database": str(exc)}, status_code=503,
                             headers={"Retry-After": "2"})
     return JSONResponse({"ok": True, "database": "ok"})
+
+
+async def openapi_document(request: Request) -> JSONResponse:
+    """Public on purpose, like /healthz: it describes the webhook, it grants nothing."""
+    return JSONResponse(openapi.document())
 
 
 async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -56,6 +62,7 @@ def build_app(state: ReceiverState) -> Starlette:
         routes=[
             Route("/webhook/outbound-email", outbound_email, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi_document, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
         lifespan=lifespan,

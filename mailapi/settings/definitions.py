@@ -61,6 +61,8 @@ def check_local_part(value: str) -> None:
     if not _LOCAL_PART.match(value) or len(value) > 64:
         raise SettingsError("must be an e-mail local part such as no-reply (letters, digits, "
                             "dots and !#$%&'*+/=?^_`{|}~- , at most 64 characters)")
+    if "=?" in value:  # RFC 2047 forbids encoded words in an address; lenient readers decode
+        raise SettingsError("must not contain =? (an RFC 2047 encoded word)")
 
 
 def _check_local_parts(values: list[str]) -> None:
@@ -79,7 +81,10 @@ def _check_networks(values: list[str]) -> None:
 def _check_url(value: str) -> None:
     if not value:
         return
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)  # ValueError for "http://[" or an NFKC-unsafe host
+    except ValueError:
+        raise SettingsError("must be an absolute http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError("must be an absolute http:// or https:// URL")
     if any(ord(ch) < 0x21 or ch in "<>\"" for ch in value):
@@ -327,7 +332,10 @@ def validate_value(key: str, raw: object) -> Any:
             raise SettingsError(f"{key}: every item must be a string")
         value = [item.strip() for item in items if item.strip()]
     if kind == "float":
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float's range, e.g. 10**400
+            raise SettingsError(f"{key}: number out of range") from None
     if kind == "str" and key in ("allowed_sender_domain",):
         value = value.strip().lower().rstrip(".")
     check = definition.metadata["check"]
