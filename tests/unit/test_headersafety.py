@@ -123,3 +123,7 @@ def test_harmless_encoded_words_pass(text: str) -> None:
 )
 def test_lenient_encoded_words_hiding_crlf_refused(word: str) -> None:
     assert unsafe_character(word) is not None
+
+
+def test_a_lone_surrogate_is_refused() -> None:
+    assert unsafe_character("Verify \ud800 now") == "a lone surrogate U+D800"

@@ -230,3 +230,17 @@ def test_digest_stable_and_token_sensitive() -> None:
 def test_digest_changes_with_every_field(change: dict[str, str]) -> None:
     base = validate_payload(_payload(), now=NOW).digest()
     assert validate_payload(_payload(**change), now=NOW).digest() != base
+
+
+@pytest.mark.parametrize("link", ["http://[", "https://a\uff03b/"])
+def test_a_link_the_url_parser_cannot_read_is_a_422(link: str) -> None:
+    with pytest.raises(PayloadError) as refused:
+        validate_payload(_payload(link=link), now=NOW)
+    assert (refused.value.status, refused.value.field) == (422, "link")
+
+
+def test_an_encoded_word_in_the_address_is_refused() -> None:
+    # Mail readers decode it to "evil@evil.example"@example.com: another address.
+    with pytest.raises(PayloadError) as refused:
+        validate_payload(_payload(to="=?utf-8?q?evil=40evil.example?=@example.com"), now=NOW)
+    assert (refused.value.status, refused.value.field) == (422, "to")

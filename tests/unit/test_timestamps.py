@@ -81,3 +81,8 @@ def test_format_utc_shape() -> None:
 def test_format_utc_round_trips_through_parse() -> None:
     epoch = 1_771_652_110.345678
     assert parse_iso8601(format_utc(epoch)).timestamp() == pytest.approx(epoch, abs=1e-6)
+
+
+def test_a_moment_with_no_utc_equivalent_is_refused() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_iso8601("9999-12-31T23:59:59-01:00")
