@@ -48,6 +48,15 @@ bench: $(STAMP) ## benchmarks side by side with their baselines (installs postfi
 	scripts/ensure-apt.sh postfix wrk
 	$(BIN)/python -m bench
 
+.PHONY: soak
+
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 50
+
+soak: $(STAMP) ## 10-minute signed-webhook load with the panel polling; prints RSS/fd/WAL figures
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RATE=$(SOAK_RATE) $(BIN)/python -m pytest \
+		tests/reliability/test_load.py -k sustained -s
+
 .PHONY: install-system uninstall-system
 
 install-system: ## as root: install into /opt/mail_api with units and nginx site (INSTALL_ARGS=...)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config as HypercornConfig
 
 from mailapi.logging import get_logger
@@ -38,6 +39,30 @@ def hypercorn_config(host: str, port: int, *, certfile: Path | None = None,
     config.h11_max_incomplete_size = 16 * 1024
     config.alpn_protocols = ["http/1.1"]
     return config
+
+
+def close_connections_on_client_eof() -> None:
+    """Free a connection as soon as its client has closed it, not keep_alive_timeout later.
+
+    Hypercorn (0.17, 0.18) ends a connection by leaving a task group that still holds the
+    keep-alive timer: a client that closes an idle keep-alive connection (one request per
+    connection without `Connection: close`, as curl and many one-shot senders do) leaves the
+    socket in CLOSE_WAIT, holding a descriptor, for the whole keep_alive_timeout. At a few
+    dozen such connections a second that exhausts a service's 1,024 descriptors: accept()
+    fails and requests time out. Once the read loop has seen the end of the stream, the timer
+    has nothing left to guard: stop it so the connection closes now. Requests still in
+    progress are unaffected (the timer only runs while the connection is idle).
+    """
+    original = getattr(TCPServer, "_read_data", None)
+    if original is None or getattr(original, "_closes_on_eof", False):
+        return
+
+    async def read_data(self: Any) -> None:
+        await original(self)
+        await self.idle_task.stop()
+
+    read_data._closes_on_eof = True  # type: ignore[attr-defined]
+    setattr(TCPServer, "_read_data", read_data)  # noqa: B010 - a method of another package
 
 
 async def probe_http(host: str, port: int, path: str = "/healthz", timeout: float = 2.0, *,
@@ -91,6 +116,7 @@ async def run_http_service(
             reload_callback, notifier)))
     config = hypercorn_config(host, port, certfile=certfile, keyfile=keyfile,
                               root_path=root_path)
+    close_connections_on_client_eof()
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     while not server.done():
         if await probe_http(host, port, tls=certfile is not None):
