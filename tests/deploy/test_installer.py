@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mailapi.config import load_config
+from mailapi.config import load_config, secret_path
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "scripts" / "install-system.sh"
@@ -203,7 +203,9 @@ def test_the_migration_ran_as_mail_api_and_the_venv_runs_for_it(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     # The installed config is the example plus [secrets], and it loads.
     config = load_config(installed / "etc/mail_api/mail-api.toml")
-    assert config.secrets.smtp_password_file == credentials / "smtp-password"
+    assert config.secrets.smtp_password_file is not None
+    assert (secret_path(config.secrets.smtp_password_file, "smtp_password")
+            == credentials / "smtp-password")
     assert str(config.database.path) == "/var/lib/mail_api/mail-api.sqlite3"
 
 
