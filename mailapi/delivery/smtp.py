@@ -171,6 +171,7 @@ class SmtpSession:
         client, self._client = self._client, None
         if client is None:
             return
+        transport = client.transport
         if client.is_connected:
             try:
                 await asyncio.wait_for(client.quit(), timeout=2)
@@ -178,3 +179,8 @@ class SmtpSession:
                 client.close()
         else:
             client.close()
+        if isinstance(transport, asyncio.Transport):
+            # After QUIT nothing is left to say. A TLS transport's close() only starts the
+            # close_notify exchange; if the event loop ends first (shutdown) the socket is
+            # never closed. abort() closes it now.
+            transport.abort()

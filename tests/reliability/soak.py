@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailapi.db import open_engine
@@ -32,6 +31,7 @@ from tests.support.livepanel import ADMIN, ADMIN_PASSWORD, panel_suite
 from tests.support.load import WEBHOOK_PATH, signed_request
 from tests.support.ports import free_port
 from tests.support.processes import Daemon, Suite, wait_until, write_config
+from tests.support.smtpd import ClosingController
 
 MB = 1024 * 1024
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -89,13 +89,13 @@ class Upstream:
         self._hold: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._hold.bind(("127.0.0.1", 0))
         self.port = int(self._hold.getsockname()[1])
-        self._controller: Controller | None = None
+        self._controller: ClosingController | None = None
 
     def start(self) -> None:
         if self._hold is not None:
             self._hold.close()
             self._hold = None
-        self._controller = Controller(self.counter, hostname="127.0.0.1", port=self.port,
+        self._controller = ClosingController(self.counter, hostname="127.0.0.1", port=self.port,
                                       server_hostname="localhost", ready_timeout=10)
         self._controller.start()
 

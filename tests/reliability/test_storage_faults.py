@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, event
 
@@ -36,7 +35,7 @@ from tests.support.database import configure, migrated_engine
 from tests.support.ports import free_port
 from tests.support.processes import BIN, Daemon, Suite, wait_until, webhook_body, write_config
 from tests.support.smallfs import small_filesystem
-from tests.support.smtpd import Recorder, SmtpServer
+from tests.support.smtpd import ClosingController, Recorder, SmtpServer
 
 BUSY_TIMEOUT_MS = 200
 ADMIN, ADMIN_PASSWORD = "admin", "correct horse battery staple"
@@ -340,7 +339,7 @@ class GatedSmtpServer:
     def __init__(self) -> None:
         self.recorder = GatedRecorder()
         self.port = free_port()
-        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port,
+        self.controller = ClosingController(self.recorder, hostname="127.0.0.1", port=self.port,
                                      ready_timeout=10)
 
 
