@@ -84,6 +84,9 @@ class Worker:
         self._pause_logged: str | None = None
         self._breaker_failures = 0  # as last read: a pause may outlive the process that set it
         self._paused_until: float | None = None  # while the last pass found the queue paused
+        # How long the current pass may legitimately take (its lease), for the watchdog,
+        # which reads it from the event loop without touching the database.
+        self.longest_pass_seconds = options.lease_seconds
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -91,12 +94,13 @@ class Worker:
         """Housekeeping, then one claimed batch delivered and recorded. Returns its size."""
         settings = self.settings.get()
         now = self.clock()
+        self.longest_pass_seconds = self._lease_seconds(settings)
         await self._housekeeping(settings, now)
         if await self._paused(settings, now):
             return 0
         batch = await asyncio.to_thread(
             outbound.claim_batch, self.engine, now=now, limit=self._batch_limit(),
-            lease_seconds=self._lease_seconds(settings),
+            lease_seconds=self.longest_pass_seconds,
             max_age_seconds=settings.message_max_age_seconds)
         if not batch:
             return 0
@@ -115,13 +119,6 @@ class Worker:
     def _worst_case_message_seconds(settings: Settings) -> float:
         # Connect, TLS, EHLO, AUTH, MAIL, RCPT and DATA each using the whole timeout.
         return 7.0 * settings.smtp_timeout
-
-    def longest_pass_seconds(self) -> float:
-        """How long one delivery pass may legitimately take (its lease), for the watchdog."""
-        try:
-            return self._lease_seconds(self.settings.get())
-        except StorageError:
-            return self.options.lease_seconds
 
     def _lease_seconds(self, settings: Settings) -> float:
         # At least two worst-case messages: sessions stop starting messages one worst case

@@ -109,7 +109,7 @@ async def _watchdog(worker: Worker, notifier: Notifier, progress: Progress) -> N
     if notifier.watchdog_interval is None:
         return
     while True:
-        if time.monotonic() - progress.at < worker.longest_pass_seconds():
+        if time.monotonic() - progress.at < worker.longest_pass_seconds:
             notifier.watchdog()
         await asyncio.sleep(min(1.0, notifier.watchdog_interval))
 
